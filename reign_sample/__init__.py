@@ -1,0 +1,1 @@
+"""reign_sample: not yet implemented."""
