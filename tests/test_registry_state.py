@@ -1,0 +1,659 @@
+"""The registry's pure state machine: unit tests per rule, then a 3-node stateful simulation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from reign._ids import MailboxID
+from reign._registry_state import NO_EFFECTS, Claim, ClaimChange, Effects, RegistryState
+
+
+def mid(node: int, serial: int, incarnation: int = 1) -> MailboxID:
+    return MailboxID(node, incarnation, serial)
+
+
+def recount(state: RegistryState, names: list[str]) -> int:
+    return sum(len(state.lookup_all(name)) >= 2 for name in names)
+
+
+def link(*states: RegistryState, incarnation: int = 1) -> None:
+    """Handshake every pair: tell each state its peers' incarnation."""
+    for a in states:
+        for b in states:
+            if a is not b:
+                a.node_incarnation(b.local_node, incarnation)
+
+
+def deliver(effects: Effects, *peers: RegistryState) -> list[Effects]:
+    return [peer.apply_change(change) for peer in peers for change in effects.broadcast]
+
+
+# ------------------------------------------------------------------------------ basics
+
+
+def test_effects_is_a_small_frozen_record() -> None:
+    assert not NO_EFFECTS
+    assert Effects(notify=((mid(0, 1), "n"),))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        NO_EFFECTS.notify = ()  # type: ignore[misc]
+    assert not hasattr(NO_EFFECTS, "__dict__")
+    assert ClaimChange("add", "n", mid(0, 1)) == ClaimChange("add", "n", mid(0, 1))
+
+
+@pytest.mark.parametrize("bad", [-1, 256, "1", 1.0, None, True])
+def test_constructor_validates_node_id(bad: object) -> None:
+    with pytest.raises(ValueError):
+        RegistryState(bad)  # type: ignore[arg-type]
+
+
+def test_register_lookup_and_queries() -> None:
+    s = RegistryState(3)
+    x = mid(3, 7)
+    assert s.lookup("n") is None and s.lookup_all("n") == [] and not s.seen("n")
+    eff = s.register_local("n", x)
+    assert eff == Effects(broadcast=(ClaimChange("add", "n", x),))
+    assert s.lookup("n") == x and s.lookup_all("n") == [x] and s.seen("n")
+    assert s.names_of(x) == frozenset({"n"})
+    assert s.multiple_claim_count == 0
+    assert s.register_local("n", x) is NO_EFFECTS  # idempotent
+    assert s.local_snapshot() == [("n", x)]
+
+
+def test_lookup_is_the_smallest_by_node_incarnation_serial() -> None:
+    s = RegistryState(5)
+    link(s, RegistryState(1), RegistryState(9))
+    claimants = [mid(5, 1, incarnation=2), mid(5, 0, incarnation=3), mid(1, 9), mid(9, 0)]
+    s.register_local("n", claimants[0])
+    s.register_local("n", claimants[1])
+    s.remote_add("n", claimants[2])
+    s.remote_add("n", claimants[3])
+    assert s.lookup_all("n") == [mid(1, 9), mid(5, 1, 2), mid(5, 0, 3), mid(9, 0)]
+    assert s.lookup("n") == mid(1, 9)
+
+
+@pytest.mark.parametrize("name", ["", None, 3, b"n"])
+def test_register_rejects_bad_names(name: object) -> None:
+    s = RegistryState(0)
+    with pytest.raises(ValueError):
+        s.register_local(name, mid(0, 1))  # type: ignore[arg-type]
+    assert s.local_snapshot() == []
+
+
+def test_register_rejects_foreign_or_non_mailbox_claimants() -> None:
+    s = RegistryState(0)
+    with pytest.raises(ValueError):
+        s.register_local("n", mid(1, 1))
+    with pytest.raises(ValueError):
+        s.register_local("n", (0, 1, 1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        s.mailbox_closed(mid(1, 1))
+    assert not s.seen("n")
+
+
+# --------------------------------------------------------------------- MultipleClaim
+
+
+def test_local_conflict_notifies_both_claimants_once() -> None:
+    s = RegistryState(0)
+    x, y, z = mid(0, 1), mid(0, 2), mid(0, 3)
+    assert s.register_local("n", x).notify == ()
+    eff = s.register_local("n", y)
+    assert eff.notify == ((x, "n"), (y, "n"))
+    assert eff.broadcast == (ClaimChange("add", "n", y),)
+    assert s.multiple_claim_count == 1
+    # A third claimant: everyone hears of it once, the newest about both others in one notice.
+    assert s.register_local("n", z).notify == ((x, "n"), (y, "n"), (z, "n"))
+    assert s.multiple_claim_count == 1
+    assert s.register_local("n", z) is NO_EFFECTS
+
+
+def test_conflict_via_remote_add_notifies_only_local_claimants() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1), RegistryState(2))
+    x, y, w = mid(0, 1), mid(1, 1), mid(2, 1)
+    s.register_local("n", x)
+    eff = s.remote_add("n", y)
+    assert eff == Effects(notify=((x, "n"),))  # replicated changes are never re-broadcast
+    assert s.remote_add("n", y) is NO_EFFECTS
+    assert s.remote_add("n", w).notify == ((x, "n"),)
+    # Only remote claimants: this node notifies nobody but still counts the conflict.
+    assert s.remote_add("m", y).notify == ()
+    assert s.remote_add("m", w).notify == ()
+    assert s.multiple_claim_count == 2
+
+
+def test_newest_local_claimant_is_notified_when_name_already_claimed_remotely() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1))
+    y, x = mid(1, 1), mid(0, 1)
+    s.remote_add("n", y)
+    assert s.register_local("n", x).notify == ((x, "n"),)
+
+
+def test_the_same_conflict_learned_again_does_not_notify_again() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1))
+    x, y = mid(0, 1), mid(1, 1)
+    s.register_local("n", x)
+    assert s.remote_add("n", y).notify == ((x, "n"),)
+    s.remote_remove("n", y)
+    assert s.multiple_claim_count == 0
+    assert s.remote_add("n", y).notify == ()  # (n, x, y) was already told
+    s.node_lost(1)
+    assert s.merge_snapshot(1, [("n", y)]).notify == ()
+    assert s.merge_snapshot(1, [("n", y)]).notify == ()
+    assert s.multiple_claim_count == 1
+
+
+def test_memory_is_forgotten_when_the_claimant_stops_claiming() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1))
+    x, y = mid(0, 1), mid(1, 1)
+    s.register_local("n", x)
+    s.remote_add("n", y)
+    s.unregister_local("n", x)
+    assert s.register_local("n", x).notify == ((x, "n"),)
+    s.mailbox_closed(x)
+    x2 = mid(0, 2)
+    assert s.register_local("n", x2).notify == ((x2, "n"),)
+
+
+def test_snapshot_conflict_notifies_once_per_claimant_and_name() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1))
+    x1, x2 = mid(0, 1), mid(0, 2)
+    s.register_local("n", x1)
+    s.register_local("m", x2)
+    ys = [mid(1, i) for i in range(4)]
+    eff = s.merge_snapshot(1, [("n", ys[0]), ("n", ys[1]), ("n", ys[2]), ("m", ys[3]), ("o", ys[3])])
+    assert eff == Effects(notify=((x2, "m"), (x1, "n")))
+    assert s.multiple_claim_count == 2
+    # A later snapshot with one more claimant of "n" tells x1 about that one only.
+    more = [("n", y) for y in ys[:3]] + [("n", mid(1, 9)), ("m", ys[3])]
+    assert s.merge_snapshot(1, more).notify == ((x1, "n"),)
+
+
+# --------------------------------------------------------------------- unregister / close
+
+
+def test_unregister_removes_only_that_claimant_and_ignores_non_claimants() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1))
+    x, x2, y = mid(0, 1), mid(0, 2), mid(1, 1)
+    s.register_local("n", x)
+    s.register_local("n", x2)
+    s.remote_add("n", y)
+    assert s.unregister_local("n", mid(0, 99)) is NO_EFFECTS
+    assert s.unregister_local("other", x) is NO_EFFECTS
+    assert s.unregister_local("n", y) is NO_EFFECTS  # a remote claim is not ours to remove
+    assert s.unregister_local("", x) is NO_EFFECTS
+    assert s.unregister_local("n", "junk") is NO_EFFECTS  # type: ignore[arg-type]
+    eff = s.unregister_local("n", x)
+    assert eff == Effects(broadcast=(ClaimChange("remove", "n", x),))
+    assert s.lookup_all("n") == [x2, y]
+    assert s.unregister_local("n", x) is NO_EFFECTS
+    s.unregister_local("n", x2)
+    assert s.multiple_claim_count == 0 and s.lookup("n") == y
+
+
+def test_mailbox_closed_removes_every_claim_of_it() -> None:
+    s = RegistryState(0)
+    x, x2 = mid(0, 1), mid(0, 2)
+    for name in ("c", "a", "b"):
+        s.register_local(name, x)
+    s.register_local("a", x2)
+    assert s.multiple_claim_count == 1
+    eff = s.mailbox_closed(x)
+    assert eff == Effects(broadcast=tuple(ClaimChange("remove", n, x) for n in ("a", "b", "c")))
+    assert s.names_of(x) == frozenset() and s.lookup_all("a") == [x2]
+    assert not s.seen("b") and s.multiple_claim_count == 0
+    assert s.mailbox_closed(x) == NO_EFFECTS
+
+
+# ------------------------------------------------------------------------ peers' data
+
+
+def test_remote_changes_are_validated() -> None:
+    s = RegistryState(0)
+    with pytest.raises(ValueError):
+        s.remote_add("n", mid(0, 1))  # a peer cannot claim on our behalf
+    with pytest.raises(ValueError):
+        s.remote_remove("n", mid(0, 1))
+    with pytest.raises(ValueError):
+        s.remote_add("", mid(1, 1))
+    with pytest.raises(ValueError):
+        s.remote_add("n", "junk")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        s.apply_change(ClaimChange("replace", "n", mid(1, 1)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        s.apply_change(("add", "n", mid(1, 1)))  # type: ignore[arg-type]
+    assert s.remote_remove("n", mid(1, 1)) is NO_EFFECTS
+    assert not s.seen("n")
+
+
+def test_apply_change_round_trip_between_two_states() -> None:
+    a, b = RegistryState(1), RegistryState(2)
+    link(a, b)
+    x = mid(1, 1)
+    deliver(a.register_local("n", x), b)
+    assert b.lookup("n") == x
+    [eff] = deliver(b_eff := b.register_local("n", mid(2, 1)), a)
+    assert b_eff.notify == ((mid(2, 1), "n"),)
+    assert eff.notify == ((x, "n"),)
+    deliver(a.mailbox_closed(x), b)
+    assert b.lookup_all("n") == [mid(2, 1)] and b.multiple_claim_count == 0
+
+
+def test_node_lost_drops_every_claim_of_that_node() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1), RegistryState(2))
+    s.register_local("n", mid(0, 1))
+    for i in range(3):
+        s.remote_add("n", mid(1, i))
+        s.remote_add(f"x{i}", mid(1, i))
+    s.remote_add("n", mid(2, 1))
+    assert s.node_lost(1) == NO_EFFECTS
+    assert s.lookup_all("n") == [mid(0, 1), mid(2, 1)]
+    assert not any(s.seen(f"x{i}") for i in range(3))
+    assert s.names_of(mid(1, 0)) == frozenset()
+    assert s.multiple_claim_count == 1 == recount(s, ["n", "x0", "x1", "x2"])
+    with pytest.raises(ValueError):
+        s.node_lost(0)
+
+
+def test_chunked_snapshot_drops_missing_claims_at_the_end() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(4))
+    a, b, c = mid(4, 1), mid(4, 2), mid(4, 3)
+    s.merge_snapshot(4, [("n", a), ("n", b), ("m", c)])
+    assert s.lookup_all("n") == [a, b] and s.multiple_claim_count == 1
+    s.begin_snapshot(4)
+    s.snapshot_chunk(4, [("n", a)])
+    assert s.lookup_all("n") == [a, b]  # nothing changes until the end
+    s.snapshot_chunk(4, [("k", c)])
+    s.snapshot_chunk(4, [])
+    assert s.end_snapshot(4) == NO_EFFECTS
+    assert s.lookup_all("n") == [a] and not s.seen("m") and s.lookup("k") == c
+    assert s.multiple_claim_count == 0
+    # An empty snapshot means the node owns nothing now.
+    s.begin_snapshot(4)
+    s.end_snapshot(4)
+    assert not s.seen("n") and not s.seen("k")
+
+
+def test_begin_snapshot_again_discards_the_unfinished_one() -> None:
+    s = RegistryState(0)
+    s.begin_snapshot(4)
+    s.snapshot_chunk(4, [("n", mid(4, 1))])
+    s.begin_snapshot(4)
+    s.snapshot_chunk(4, [("m", mid(4, 2))])
+    s.end_snapshot(4)
+    assert not s.seen("n") and s.seen("m")
+
+
+def test_snapshot_validation() -> None:
+    s = RegistryState(0)
+    with pytest.raises(ValueError):
+        s.snapshot_chunk(4, [("n", mid(4, 1))])  # no begin
+    with pytest.raises(ValueError):
+        s.end_snapshot(4)
+    with pytest.raises(ValueError):
+        s.begin_snapshot(0)  # ourselves
+    with pytest.raises(ValueError):
+        s.begin_snapshot(256)
+    s.begin_snapshot(4)
+    for bad in ([("n", mid(5, 1))], [("", mid(4, 1))], [("n",)], ["n"], [("n", "x")], [None]):
+        with pytest.raises(ValueError):
+            s.snapshot_chunk(4, [("ok", mid(4, 1)), *bad])
+    s.end_snapshot(4)
+    assert not s.seen("ok")  # a refused chunk adds nothing
+    with pytest.raises(ValueError):
+        s.merge_snapshot(4, [("n", mid(4, 1)), ("n", mid(0, 1))])
+    with pytest.raises(ValueError):
+        s.snapshot_chunk(4, [])  # the failed merge left nothing unfinished
+    assert not s.seen("n")
+
+
+def test_changes_interleaved_into_a_snapshot_are_refused() -> None:
+    s = RegistryState(0)
+    s.begin_snapshot(4)
+    with pytest.raises(ValueError):
+        s.remote_add("n", mid(4, 1))
+    with pytest.raises(ValueError):
+        s.remote_remove("n", mid(4, 1))
+    s.remote_add("n", mid(5, 1))  # other peers are unaffected
+    s.node_lost(4)  # discards the unfinished snapshot
+    s.remote_add("n", mid(4, 1))
+    assert s.lookup_all("n") == [mid(4, 1), mid(5, 1)]
+
+
+def test_stale_incarnations_are_dropped_and_ignored() -> None:
+    s = RegistryState(0)
+    x = mid(0, 1)
+    s.register_local("n", x)
+    assert s.incarnation_of(7) is None
+    s.node_incarnation(7, 5)
+    assert s.incarnation_of(7) == 5
+    old, cur = mid(7, 1, incarnation=4), mid(7, 1, incarnation=5)
+    assert s.remote_add("n", old) is NO_EFFECTS
+    assert s.merge_snapshot(7, [("n", old), ("m", old)]) == NO_EFFECTS
+    assert not s.seen("m") and s.lookup_all("n") == [x]
+    assert s.remote_add("n", cur).notify == ((x, "n"),)
+    # The node restarted: its old claims go, and late messages of the old run are ignored.
+    s.begin_snapshot(7)
+    s.snapshot_chunk(7, [("k", cur)])
+    assert s.node_incarnation(7, 6) == NO_EFFECTS
+    assert s.lookup_all("n") == [x] and s.multiple_claim_count == 0
+    with pytest.raises(ValueError):
+        s.end_snapshot(7)  # the unfinished snapshot of the old run was discarded
+    assert s.remote_add("n", cur) is NO_EFFECTS
+    s.remote_remove("n", cur)
+    new = mid(7, 1, incarnation=6)
+    assert s.remote_add("n", new).notify == ((x, "n"),)  # a new run's mailbox is a new claimant
+    # Same incarnation again (a reconnection after a partition) changes nothing.
+    assert s.node_incarnation(7, 6) == NO_EFFECTS and s.lookup_all("n") == [x, new]
+    s.node_lost(7)
+    assert s.incarnation_of(7) == 6
+    assert s.remote_add("n", cur) is NO_EFFECTS
+    with pytest.raises(ValueError):
+        s.node_incarnation(0, 1)
+    with pytest.raises(ValueError):
+        s.node_incarnation(7, -1)
+
+
+def test_partition_heal_each_side_notifies_its_own_claimant_once() -> None:
+    a, b = RegistryState(1), RegistryState(2)
+    link(a, b)
+    # Partition.
+    a.node_lost(2)
+    b.node_lost(1)
+    x, y = mid(1, 1), mid(2, 1)
+    assert a.register_local("n", x).notify == ()
+    assert b.register_local("n", y).notify == ()
+
+    def heal() -> tuple[Effects, Effects]:
+        link(a, b)
+        return a.merge_snapshot(2, b.local_snapshot()), b.merge_snapshot(1, a.local_snapshot())
+
+    eff_a, eff_b = heal()
+    assert eff_a.notify == ((x, "n"),) and eff_b.notify == ((y, "n"),)
+    assert a.lookup_all("n") == b.lookup_all("n") == [x, y]
+    assert a.lookup("n") == b.lookup("n") == x
+    assert a.multiple_claim_count == b.multiple_claim_count == 1
+    # The same partition again with the same claims: nobody is told twice.
+    a.node_lost(2)
+    b.node_lost(1)
+    assert a.multiple_claim_count == b.multiple_claim_count == 0
+    eff_a, eff_b = heal()
+    assert eff_a.notify == eff_b.notify == ()
+    assert a.multiple_claim_count == b.multiple_claim_count == 1
+
+
+def test_local_snapshot_and_chunks() -> None:
+    s = RegistryState(2)
+    link(s, RegistryState(1))
+    s.remote_add("a", mid(1, 1))
+    claims = [("b", mid(2, 3)), ("a", mid(2, 5)), ("a", mid(2, 4)), ("c", mid(2, 3))]
+    for name, m in claims:
+        s.register_local(name, m)
+    expected = [("a", mid(2, 4)), ("a", mid(2, 5)), ("b", mid(2, 3)), ("c", mid(2, 3))]
+    assert s.local_snapshot() == expected
+    chunks = s.local_snapshot_chunks(3)
+    s.mailbox_closed(mid(2, 3))  # after the call: not seen by the chunks already taken
+    assert list(chunks) == [expected[:3], expected[3:]]
+    assert list(s.local_snapshot_chunks(10)) == [expected[:2]]
+    assert list(RegistryState(0).local_snapshot_chunks(1)) == []
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError):
+            s.local_snapshot_chunks(bad)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- stateful simulation
+
+NODES = (0, 1, 2)
+NAMES = ("a", "b", "c")
+SLOTS = 3
+Link = tuple[int, int]
+Message = tuple[str, object]
+
+
+def _order(m: MailboxID) -> tuple[int, int, int]:
+    return (m.node, m.incarnation, m.serial)
+
+
+class ClusterMachine(RuleBasedStateMachine):
+    """Three nodes' registries over FIFO links that can drop, heal, and restart nodes.
+
+    The model is each node's own claims (the truth); everything a node learned about others
+    must converge to it once every link is up and drained. Every notification is checked
+    against a ledger of who was told about whom, so a duplicate or a missed one fails.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.incarnation = {n: 1 for n in NODES}
+        self.states = {n: RegistryState(n) for n in NODES}
+        self.serial = dict.fromkeys(NODES, 0)
+        self.slots: dict[int, list[MailboxID | None]] = {n: [None] * SLOTS for n in NODES}
+        self.model: dict[int, set[Claim]] = {n: set() for n in NODES}
+        self.connected = {frozenset((a, b)) for a in NODES for b in NODES if a < b}
+        self.links: dict[Link, deque[Message]] = {(a, b): deque() for a in NODES for b in NODES if a != b}
+        self.stale: list[tuple[int, ClaimChange]] = []  # (destination, change of an old run)
+        # (node, name, claimant) -> the other claimants it was told about, this claim's epoch
+        self.told: dict[tuple[int, str, MailboxID], set[MailboxID]] = {}
+        self.epoch: dict[tuple[int, str, MailboxID], int] = {}
+        self.history: set[tuple[int, str, MailboxID, int, MailboxID]] = set()
+        for a in NODES:
+            for b in NODES:
+                if a != b:
+                    self.states[a].node_incarnation(b, self.incarnation[b])
+
+    # ---------------------------------------------------------------- helpers
+
+    def _effects(self, node: int, effects: Effects) -> None:
+        state = self.states[node]
+        notified: set[tuple[MailboxID, str]] = set()
+        for x, name in effects.notify:
+            assert x.node == node, "only local claimants are notified"
+            assert (x, name) not in notified, "one notice per (claimant, name) per mutation"
+            notified.add((x, name))
+            claimants = set(state.lookup_all(name))
+            assert x in claimants
+            key = (node, name, x)
+            told = self.told.setdefault(key, set())
+            new = claimants - {x} - told
+            assert new, f"{x} was notified again about {name!r} with nothing new"
+            for y in new:
+                entry = (node, name, x, self.epoch.get(key, 0), y)
+                assert entry not in self.history
+                self.history.add(entry)
+            told |= new
+        for key in [k for k in self.told if k[0] == node]:
+            _, name, x = key
+            if x not in state.lookup_all(name):
+                del self.told[key]
+                self.epoch[key] = self.epoch.get(key, 0) + 1
+        for change in effects.broadcast:
+            assert change.claimant.node == node
+            for peer in NODES:
+                if peer != node and frozenset((node, peer)) in self.connected:
+                    self.links[node, peer].append(("change", change))
+
+    def _send_snapshot(self, src: int, dst: int, chunk: int) -> None:
+        queue = self.links[src, dst]
+        queue.append(("begin", None))
+        queue.extend(("chunk", c) for c in self.states[src].local_snapshot_chunks(chunk))
+        queue.append(("end", None))
+
+    def _connect(self, a: int, b: int, chunk: int) -> None:
+        self.connected.add(frozenset((a, b)))
+        self.states[a].node_incarnation(b, self.incarnation[b])
+        self.states[b].node_incarnation(a, self.incarnation[a])
+        self._send_snapshot(a, b, chunk)
+        self._send_snapshot(b, a, chunk)
+
+    def _deliver(self, src: int, dst: int) -> None:
+        kind, body = self.links[src, dst].popleft()
+        state = self.states[dst]
+        if kind == "change":
+            assert isinstance(body, ClaimChange)
+            self._effects(dst, state.apply_change(body))
+        elif kind == "begin":
+            state.begin_snapshot(src)
+        elif kind == "chunk":
+            state.snapshot_chunk(src, body)  # type: ignore[arg-type]
+        else:
+            self._effects(dst, state.end_snapshot(src))
+
+    def _mailbox(self, node: int, slot: int) -> MailboxID:
+        mbox = self.slots[node][slot]
+        if mbox is None:
+            self.serial[node] += 1
+            mbox = MailboxID(node, self.incarnation[node], self.serial[node])
+            self.slots[node][slot] = mbox
+        return mbox
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(node=st.sampled_from(NODES), slot=st.integers(0, SLOTS - 1), name=st.sampled_from(NAMES))
+    def register(self, node: int, slot: int, name: str) -> None:
+        mbox = self._mailbox(node, slot)
+        self._effects(node, self.states[node].register_local(name, mbox))
+        self.model[node].add((name, mbox))
+
+    @rule(node=st.sampled_from(NODES), slot=st.integers(0, SLOTS - 1), name=st.sampled_from(NAMES))
+    def unregister(self, node: int, slot: int, name: str) -> None:
+        mbox = self._mailbox(node, slot)
+        effects = self.states[node].unregister_local(name, mbox)
+        assert bool(effects.broadcast) == ((name, mbox) in self.model[node])
+        self._effects(node, effects)
+        self.model[node].discard((name, mbox))
+
+    @rule(node=st.sampled_from(NODES), slot=st.integers(0, SLOTS - 1))
+    def close(self, node: int, slot: int) -> None:
+        mbox = self._mailbox(node, slot)
+        self._effects(node, self.states[node].mailbox_closed(mbox))
+        self.model[node] = {c for c in self.model[node] if c[1] != mbox}
+        self.slots[node][slot] = None
+
+    @precondition(lambda self: any(self.links.values()))
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        busy = sorted(k for k, q in self.links.items() if q)
+        src, dst = data.draw(st.sampled_from(busy), label="link")
+        self._deliver(src, dst)
+
+    @precondition(lambda self: bool(self.connected))
+    @rule(data=st.data())
+    def disconnect(self, data: st.DataObject) -> None:
+        a, b = sorted(data.draw(st.sampled_from(sorted(map(sorted, self.connected))), label="pair"))
+        self.connected.remove(frozenset((a, b)))
+        self.links[a, b].clear()
+        self.links[b, a].clear()
+        self.states[a].node_lost(b)
+        self.states[b].node_lost(a)
+
+    @precondition(lambda self: len(self.connected) < 3)
+    @rule(data=st.data(), chunk=st.integers(1, 3))
+    def reconnect(self, data: st.DataObject, chunk: int) -> None:
+        down = sorted(
+            (a, b) for a in NODES for b in NODES if a < b and frozenset((a, b)) not in self.connected
+        )
+        a, b = data.draw(st.sampled_from(down), label="pair")
+        self._connect(a, b, chunk)
+
+    @precondition(lambda self: bool(self.connected))
+    @rule(data=st.data(), chunk=st.integers(1, 3))
+    def resend_snapshot(self, data: st.DataObject, chunk: int) -> None:
+        a, b = data.draw(st.sampled_from(sorted(map(sorted, self.connected))), label="pair")
+        src, dst = data.draw(st.sampled_from([(a, b), (b, a)]), label="direction")
+        self._send_snapshot(src, dst, chunk)
+
+    @rule(node=st.sampled_from(NODES), chunk=st.integers(1, 3))
+    def restart(self, node: int, chunk: int) -> None:
+        """The node comes back as a new run before its peers noticed it was gone."""
+        self.incarnation[node] += 1
+        self.states[node] = RegistryState(node)
+        self.slots[node] = [None] * SLOTS
+        self.model[node] = set()
+        for key in [k for k in self.told if k[0] == node]:
+            del self.told[key]
+        self.stale = [(dst, change) for dst, change in self.stale if dst != node]
+        for peer in NODES:
+            if peer == node:
+                continue
+            self.links[peer, node].clear()
+            # What the old run had in flight may still arrive, late; it must be ignored.
+            old = self.links[node, peer]
+            self.stale.extend((peer, body) for kind, body in old if kind == "change")  # type: ignore[misc]
+            old.clear()
+            if frozenset((node, peer)) in self.connected:
+                self._connect(node, peer, chunk)
+
+    @precondition(lambda self: bool(self.stale))
+    @rule(data=st.data())
+    def deliver_stale(self, data: st.DataObject) -> None:
+        dst, change = self.stale.pop(data.draw(st.integers(0, len(self.stale) - 1), label="stale"))
+        state = self.states[dst]
+        src = change.claimant.node
+        if state.incarnation_of(src) == change.claimant.incarnation:
+            return  # never reconnected since: its old connection is simply gone
+        before = {name: state.lookup_all(name) for name in NAMES}
+        assert state.apply_change(change) == NO_EFFECTS
+        assert {name: state.lookup_all(name) for name in NAMES} == before
+
+    @rule()
+    def settle(self) -> None:
+        """Heal every link, drain everything: all nodes then agree with the model."""
+        for a in NODES:
+            for b in NODES:
+                if a < b and frozenset((a, b)) not in self.connected:
+                    self._connect(a, b, 2)
+        while any(self.links.values()):
+            for src, dst in sorted(self.links):
+                while self.links[src, dst]:
+                    self._deliver(src, dst)
+        for name in NAMES:
+            truth = sorted((m for n in NODES for (nm, m) in self.model[n] if nm == name), key=_order)
+            for node in NODES:
+                assert self.states[node].lookup_all(name) == truth
+                assert self.states[node].lookup(name) == (truth[0] if truth else None)
+
+    def teardown(self) -> None:
+        self.settle()
+        self.consistent()
+
+    # ------------------------------------------------------------- invariants
+
+    @invariant()
+    def consistent(self) -> None:
+        for node in NODES:
+            state = self.states[node]
+            assert state.local_snapshot() == sorted(self.model[node], key=lambda c: (c[0], _order(c[1])))
+            assert state.multiple_claim_count == recount(state, list(NAMES))
+            for name in NAMES:
+                claimants = state.lookup_all(name)
+                assert state.lookup(name) == (claimants[0] if claimants else None)
+                assert state.seen(name) == bool(claimants)
+                for m in claimants:
+                    assert name in state.names_of(m)
+                    if m.node != node:
+                        # Nothing of a lost node or of a superseded run survives.
+                        assert frozenset((node, m.node)) in self.connected
+                        assert m.incarnation == self.incarnation[m.node]
+                    else:
+                        # Every local claimant has been told about every other claimant.
+                        others = set(claimants) - {m}
+                        assert others <= self.told.get((node, name, m), set())
+
+
+ClusterMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None, print_blob=True
+)
+test_cluster = ClusterMachine.TestCase
