@@ -84,8 +84,13 @@ class Address:
             return False
         node = mbox._node
         thread_id = node._thread_id
-        if thread_id is None or thread_id == get_ident():
-            mbox._deliver(msg)
+        if thread_id == get_ident() or thread_id is None:
+            # Inlined fast path of Mailbox._deliver: nobody waiting and a queue exists.
+            queue = mbox._queue
+            if queue is None or mbox._waiters:
+                mbox._deliver(msg)
+            else:
+                queue.append(msg)
         else:
             node._loop.call_soon_threadsafe(mbox._deliver, msg)  # type: ignore[union-attr]
         return True

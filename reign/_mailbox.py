@@ -194,7 +194,7 @@ class Mailbox:
             raise MailboxClosedError(f"mailbox {self.id} is closed")
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
-        loop = self._node._bind_loop()
+        loop = self._node._loop or self._node._bind_loop()
         future = loop.create_future()
         waiters = self._waiters
         if waiters is None:
@@ -235,7 +235,7 @@ class Mailbox:
             raise MailboxClosedError(f"mailbox {self.id} is closed")
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
-        loop = self._node._bind_loop()
+        loop = self._node._loop or self._node._bind_loop()
         waiter = _MatchWaiter(loop.create_future(), pred)
         waiters = self._waiters
         if waiters is None:
