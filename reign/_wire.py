@@ -1,0 +1,575 @@
+"""The sans-IO wire protocol between two nodes: framing and the HELLO handshake (h11-style).
+
+This module never imports asyncio or ssl. :class:`WireProtocol` is fed bytes with
+:meth:`~WireProtocol.receive_data`, which returns events; its other methods return the bytes
+of one frame for the caller to write. The connector (``_cluster``) owns the socket.
+
+Frame format (protocol version :data:`PROTOCOL_VERSION` = 1)::
+
+    +----------------+------------+---------------------+
+    | length N (u32) | type (u8)  | body (N - 1 bytes)  |
+    +----------------+------------+---------------------+
+
+``N`` is big-endian and counts the type byte and the body; ``1 <= N <= max_frame_bytes``.
+A header announcing ``N == 0`` or more than ``max_frame_bytes`` is a :class:`ProtocolError` as
+soon as its 4 bytes arrive: nothing of the announced size is ever allocated or awaited.
+
+=======  ====  =========================================================================  =====
+type     code  body                                                                       when
+=======  ====  =========================================================================  =====
+HELLO    1     CBOR map ``{"v": 1, "node": int, "inc": int, "cluster": bytes(32)}``       first
+ACCEPT   2     empty: "I validated your HELLO"                                            once
+MESSAGE  3     target incarnation (u64 BE) + target serial (u64 BE) + CBOR payload        est.
+LINK     4     ``bytes(mid)`` (18 bytes, see ``_ids``) of a mailbox on the *receiver*:     est.
+               "send me CLOSED(mid) when it closes"
+UNLINK   5     the same: cancels a LINK                                                   est.
+CLOSED   6     ``bytes(mid)`` of a mailbox on the *sender*: "it closed"                   est.
+TICK     7     empty: keepalive                                                           est.
+CONTROL  8     CBOR payload for the registry, opaque here                                 est.
+=======  ====  =========================================================================  =====
+
+("est." = only once the handshake is established.) A MESSAGE's target node is implicitly the receiving node. MESSAGE and CONTROL payloads are not
+decoded here (the connector decodes them with ``_codec.decode`` so addresses bind to its node).
+
+Limits (named constants below):
+
+* :data:`DEFAULT_MAX_FRAME_BYTES` = 16 MiB + 64: a 16 MiB message payload (a message that big
+  is already a bulk transfer; the connector usually passes ``max_message_bytes +
+  MESSAGE_OVERHEAD`` instead) plus room for the 17 bytes of type and MESSAGE header.
+* HELLO bodies are at most 256 bytes (a valid one is ~60): a peer cannot make us buffer or
+  decode megabytes before it has even said who it is.
+* The receive buffer holds at most one incomplete frame (so at most ``max_frame_bytes + 3``
+  bytes) beyond the bytes of the current ``receive_data`` call.
+
+Handshake state machine (each side runs the same one; its state is :attr:`WireProtocol.state`)::
+
+    handshaking --(valid HELLO from peer)--> [we send ACCEPT] --(ACCEPT from peer)--> established
+         |                                                                                 |
+         +----------------------- any violation ----> failed <----------------------------+
+
+* Both sides send HELLO first, without waiting. The peer's HELLO must be the first frame we
+  receive; it is validated (version, cluster identity, node id 0..255 and not ours, equal to
+  ``expected_peer`` — the id the peer's certificate proves — when given) and reported as a
+  :class:`Hello` event; the caller then sends :meth:`WireProtocol.accept`.
+* ACCEPT is valid only after the peer's HELLO, once. ``established`` = we received a valid
+  HELLO and the peer's ACCEPT. Every other frame type is valid only when established.
+* Any violation raises :class:`ProtocolError` (or its subclasses :class:`DecodeError`,
+  :class:`HandshakeError` for authentication failures); the object is then ``failed`` and every
+  later call raises :class:`ProtocolError`. Misuse by the caller (sending ACCEPT before the
+  peer's HELLO, MESSAGE before established, ...) raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any, NamedTuple
+
+from ._codec import decode, encode
+from ._errors import DecodeError, EncodeError, HandshakeError, IllegalAddressFormatError, ProtocolError
+from ._ids import BINARY_SIZE, MAX_NODE_ID, UINT64_LIMIT, MailboxID, parse_mailbox_id
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "MESSAGE_OVERHEAD",
+    "CLUSTER_ID_BYTES",
+    "FrameType",
+    "Hello",
+    "Accept",
+    "Message",
+    "Link",
+    "Unlink",
+    "Closed",
+    "Tick",
+    "Control",
+    "WireProtocol",
+    "message_header",
+]
+
+#: Version carried in HELLO; a peer with another version is refused (HandshakeError).
+PROTOCOL_VERSION = 1
+
+#: Default largest N (type byte + body): a 16 MiB payload plus room for the frame headers.
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024 + 64
+
+#: Bytes a MESSAGE frame adds to its payload: length (4) + type (1) + incarnation and serial (16).
+MESSAGE_OVERHEAD = 21
+
+#: Size of the cluster identity carried in HELLO (a SHA-256 of the cluster CA).
+CLUSTER_ID_BYTES = 32
+
+_LENGTH_LIMIT = 1 << 32  # N is a u32
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    ACCEPT = 2
+    MESSAGE = 3
+    LINK = 4
+    UNLINK = 5
+    CLOSED = 6
+    TICK = 7
+    CONTROL = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Events. NamedTuples (built with tuple.__new__ on the hot path: ~0.1 us, where a frozen
+# dataclass costs ~1 us) that compare by type *and* fields, so Link(t) != Unlink(t).
+
+
+def _event_eq(self: tuple[Any, ...], other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def _event_ne(self: tuple[Any, ...], other: object) -> bool:
+    return not (type(self) is type(other) and tuple.__eq__(self, other))  # type: ignore[arg-type]
+
+
+def _event_hash(self: tuple[Any, ...]) -> int:
+    return hash((type(self).__name__, tuple.__hash__(self)))
+
+
+class _HelloFields(NamedTuple):
+    version: int
+    node: int
+    incarnation: int
+    cluster: bytes
+
+
+class Hello(_HelloFields):
+    """The peer's validated HELLO; answer it with :meth:`WireProtocol.accept`."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+class _NoFields(NamedTuple):
+    pass
+
+
+class Accept(_NoFields):
+    """The peer validated our HELLO."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+class Tick(_NoFields):
+    """Keepalive: the peer is alive."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+class _MessageFields(NamedTuple):
+    incarnation: int
+    serial: int
+    payload: bytes
+
+
+class Message(_MessageFields):
+    """A message for mailbox (receiving node, ``incarnation``, ``serial``); payload is CBOR."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+class _TargetFields(NamedTuple):
+    target: MailboxID
+
+
+class Link(_TargetFields):
+    """The peer wants :class:`Closed` for ``target`` (a mailbox on this node) when it closes."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+class Unlink(_TargetFields):
+    """The peer cancels its :class:`Link` on ``target``."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+class Closed(_TargetFields):
+    """``target`` (a mailbox on the peer's node) closed."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+class _PayloadFields(NamedTuple):
+    payload: bytes
+
+
+class Control(_PayloadFields):
+    """A registry frame; ``payload`` is CBOR for ``_codec.decode``."""
+
+    __slots__ = ()
+    __eq__ = _event_eq  # type: ignore[assignment]
+    __ne__ = _event_ne  # type: ignore[assignment]
+    __hash__ = _event_hash  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------------------------------
+# Outbound encoding.
+
+_HEADER = struct.Struct(">IB")
+_LENGTH = struct.Struct(">I")
+_MESSAGE_HEADER = struct.Struct(">IBQQ")
+_INCARNATION_SERIAL = struct.Struct(">QQ")
+_ID_SIZE = BINARY_SIZE  # bytes(mid), the binary form documented in _ids (18 bytes)
+_HELLO_KEYS = frozenset({"v", "node", "inc", "cluster"})
+
+_pack_header = _HEADER.pack
+_pack_message_header = _MESSAGE_HEADER.pack
+_MESSAGE = int(FrameType.MESSAGE)
+
+
+def message_header(incarnation: int, serial: int, payload_size: int) -> bytes:
+    """The 21 bytes that precede a MESSAGE payload of ``payload_size`` bytes.
+
+    For connectors that queue header and payload separately and join them in one write. Does
+    not check the frame limit (the caller checks its ``max_message_bytes``).
+    """
+    return _pack_message_header(17 + payload_size, _MESSAGE, incarnation, serial)
+
+
+def _refuse_address(mailbox_id: MailboxID) -> Any:
+    raise DecodeError("HELLO must not contain addresses")
+
+
+class WireProtocol:
+    """One side of one connection: the handshake state and the frame parser.
+
+    Keyword arguments: ``local_node`` (0..255) and ``local_incarnation`` describe this node,
+    ``cluster_id`` is the 32-byte cluster identity, ``expected_peer`` the node id proven by the
+    peer's certificate (or None to accept any other node id), ``max_frame_bytes`` the largest
+    frame length N accepted and produced. Raises ``ValueError`` for out-of-range arguments.
+    """
+
+    __slots__ = (
+        "_local_node", "_local_incarnation", "_cluster_id", "_expected_peer", "_max_frame",
+        "_buffer", "_state", "_failure", "_got_hello", "_got_accept", "_sent_hello",
+        "_sent_accept", "peer_node", "peer_incarnation",
+    )
+
+    def __init__(
+        self,
+        *,
+        local_node: int,
+        local_incarnation: int,
+        cluster_id: bytes,
+        expected_peer: int | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        if type(local_node) is not int or not 0 <= local_node <= MAX_NODE_ID:
+            raise ValueError(f"local_node must be 0..{MAX_NODE_ID}, got {local_node!r}")
+        if type(local_incarnation) is not int or not 0 <= local_incarnation < UINT64_LIMIT:
+            raise ValueError(f"local_incarnation must be 0 <= x < 2**64, got {local_incarnation!r}")
+        if not isinstance(cluster_id, bytes) or len(cluster_id) != CLUSTER_ID_BYTES:
+            raise ValueError(f"cluster_id must be {CLUSTER_ID_BYTES} bytes")
+        if expected_peer is not None and (
+            type(expected_peer) is not int or not 0 <= expected_peer <= MAX_NODE_ID
+        ):
+            raise ValueError(f"expected_peer must be None or 0..{MAX_NODE_ID}, got {expected_peer!r}")
+        if type(max_frame_bytes) is not int or not 64 <= max_frame_bytes < _LENGTH_LIMIT:
+            raise ValueError(f"max_frame_bytes must be 64 <= x < 2**32, got {max_frame_bytes!r}")
+        self._local_node = local_node
+        self._local_incarnation = local_incarnation
+        self._cluster_id = bytes(cluster_id)
+        self._expected_peer = expected_peer
+        self._max_frame = max_frame_bytes
+        self._buffer = bytearray()
+        self._state = "handshaking"
+        self._failure: ProtocolError | None = None
+        self._got_hello = False
+        self._got_accept = False
+        self._sent_hello = False
+        self._sent_accept = False
+        #: The peer's node id and incarnation, set once its HELLO was validated.
+        self.peer_node: int | None = None
+        self.peer_incarnation: int | None = None
+
+    # ----------------------------------------------------------------------- state
+
+    @property
+    def state(self) -> str:
+        """``"handshaking"``, ``"established"`` or ``"failed"``."""
+        return self._state
+
+    @property
+    def handshake_completed(self) -> bool:
+        """True once the handshake completed, and still True after a later failure."""
+        return self._got_hello and self._got_accept
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self._max_frame
+
+    def _check_alive(self) -> None:
+        if self._state == "failed":
+            raise ProtocolError(f"connection already failed: {self._failure}")
+
+    def _fail(self, exc: ProtocolError) -> ProtocolError:
+        self._state = "failed"
+        self._failure = exc
+        self._buffer = bytearray()
+        return exc
+
+    # ----------------------------------------------------------------------- outbound
+
+    def hello(self) -> bytes:
+        """Our HELLO frame; send it once, first."""
+        self._check_alive()
+        if self._sent_hello:
+            raise RuntimeError("HELLO was already sent")
+        self._sent_hello = True
+        body = encode({
+            "v": PROTOCOL_VERSION,
+            "node": self._local_node,
+            "inc": self._local_incarnation,
+            "cluster": self._cluster_id,
+        })
+        return _pack_header(1 + len(body), FrameType.HELLO) + body
+
+    def accept(self) -> bytes:
+        """Our ACCEPT frame; send it once, after the peer's :class:`Hello` event."""
+        self._check_alive()
+        if not self._got_hello:
+            raise RuntimeError("ACCEPT before the peer's HELLO was received")
+        if self._sent_accept:
+            raise RuntimeError("ACCEPT was already sent")
+        self._sent_accept = True
+        return _pack_header(1, FrameType.ACCEPT)
+
+    def _check_established(self, what: str) -> None:
+        if self._state != "established":
+            self._check_alive()
+            raise RuntimeError(f"cannot send {what} before the handshake completed")
+
+    def message(self, target: MailboxID, payload: bytes) -> bytes:
+        """A MESSAGE frame for ``target`` (a mailbox on the peer's node).
+
+        Raises :class:`EncodeError` if the frame would exceed ``max_frame_bytes``.
+        """
+        if self._state != "established":
+            self._check_established("MESSAGE")
+        n = 17 + len(payload)
+        if n > self._max_frame:
+            raise EncodeError(
+                f"message payload of {len(payload)} bytes exceeds the frame limit "
+                f"({self._max_frame - 17} bytes)"
+            )
+        return _pack_message_header(n, _MESSAGE, target.incarnation, target.serial) + payload
+
+    def _id_frame(self, frame_type: FrameType, target: MailboxID, node: int, whose: str) -> bytes:
+        self._check_established(frame_type.name)
+        if type(target) is not MailboxID:
+            raise TypeError(f"target must be a MailboxID, not {type(target).__name__}")
+        if target.node != node:
+            raise ValueError(f"{frame_type.name} target {target} is not on {whose} ({node})")
+        return _pack_header(1 + _ID_SIZE, frame_type) + bytes(target)
+
+    def link(self, target: MailboxID) -> bytes:
+        """A LINK frame: ask for CLOSED(target) when ``target`` (on the peer) closes."""
+        return self._id_frame(FrameType.LINK, target, self.peer_node, "the peer's node")  # type: ignore[arg-type]
+
+    def unlink(self, target: MailboxID) -> bytes:
+        """An UNLINK frame cancelling :meth:`link`."""
+        return self._id_frame(FrameType.UNLINK, target, self.peer_node, "the peer's node")  # type: ignore[arg-type]
+
+    def closed(self, target: MailboxID) -> bytes:
+        """A CLOSED frame: ``target`` (a mailbox on this node) closed."""
+        return self._id_frame(FrameType.CLOSED, target, self._local_node, "this node")
+
+    def tick(self) -> bytes:
+        """A TICK (keepalive) frame."""
+        self._check_established("TICK")
+        return _pack_header(1, FrameType.TICK)
+
+    def control(self, payload: bytes) -> bytes:
+        """A CONTROL frame; :class:`EncodeError` if it would exceed ``max_frame_bytes``."""
+        self._check_established("CONTROL")
+        n = 1 + len(payload)
+        if n > self._max_frame:
+            raise EncodeError(
+                f"control payload of {len(payload)} bytes exceeds the frame limit ({self._max_frame - 1} bytes)"
+            )
+        return _pack_header(n, FrameType.CONTROL) + payload
+
+    # ----------------------------------------------------------------------- inbound
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Buffer ``data`` and return the events of every complete frame, in order.
+
+        Raises :class:`ProtocolError` (or :class:`DecodeError`/:class:`HandshakeError`) on any
+        violation, as soon as the offending header arrives when the header alone shows it
+        (length, type, state, body size); the object is then failed. Events of frames before
+        the bad one in the same call are lost with it: the connection is closed anyway.
+        """
+        if self._state == "failed":
+            self._check_alive()
+        buf = self._buffer
+        buf += data
+        end = len(buf)
+        events: list[Any] = []
+        if end < 5:
+            if end == 4:
+                self._check_length(_LENGTH.unpack_from(buf, 0)[0])
+            return events
+        pos = 0
+        append = events.append
+        max_frame = self._max_frame
+        unpack_header = _HEADER.unpack_from
+        unpack_ids = _INCARNATION_SERIAL.unpack_from
+        new = tuple.__new__
+        established = self._state == "established"
+        view = memoryview(buf)
+        try:
+            while end - pos >= 5:
+                n, frame_type = unpack_header(buf, pos)
+                frame_end = pos + 4 + n
+                if frame_type == 3 and established and 17 <= n <= max_frame:
+                    if frame_end > end:
+                        break
+                    incarnation, serial = unpack_ids(buf, pos + 5)
+                    append(new(Message, (incarnation, serial, view[pos + 21 : frame_end].tobytes())))
+                else:
+                    self._check_header(n, frame_type)
+                    if frame_end > end:
+                        break
+                    append(self._frame(frame_type, view[pos + 5 : frame_end]))
+                    established = self._state == "established"
+                pos = frame_end
+            else:
+                if end - pos == 4:
+                    self._check_length(_LENGTH.unpack_from(buf, pos)[0])
+        finally:
+            view.release()
+        del buf[:pos]  # cheap: a bytearray drops a prefix by moving its start
+        return events
+
+    def _check_length(self, n: int) -> None:
+        if n == 0:
+            raise self._fail(ProtocolError("frame with length 0"))
+        if n > self._max_frame:
+            raise self._fail(
+                ProtocolError(f"frame of {n} bytes announced, over the limit of {self._max_frame}")
+            )
+
+    def _check_header(self, n: int, frame_type: int) -> None:
+        """Refuse a frame from its header alone (before its body is buffered)."""
+        self._check_length(n)
+        if frame_type not in _KNOWN:
+            raise self._fail(ProtocolError(f"unknown frame type {frame_type}"))
+        name = _NAMES[frame_type]
+        body = n - 1
+        if frame_type == 1:  # HELLO
+            if self._got_hello:
+                raise self._fail(ProtocolError("second HELLO"))
+            if body > _MAX_HELLO_BODY:
+                raise self._fail(ProtocolError(f"HELLO body of {body} bytes (at most {_MAX_HELLO_BODY})"))
+            return
+        if not self._got_hello:
+            raise self._fail(ProtocolError(f"{name} frame before the peer's HELLO"))
+        if frame_type == 2:  # ACCEPT
+            if self._got_accept:
+                raise self._fail(ProtocolError("second ACCEPT"))
+        elif self._state != "established":
+            raise self._fail(ProtocolError(f"{name} frame before the peer's ACCEPT"))
+        expected = _BODY_SIZES.get(frame_type)
+        if expected is not None and body != expected:
+            raise self._fail(ProtocolError(f"{name} body must be {expected} bytes, got {body}"))
+        if frame_type == 3 and body < 16:
+            raise self._fail(ProtocolError(f"MESSAGE body of {body} bytes is shorter than 16"))
+
+    def _frame(self, frame_type: int, body: memoryview) -> Any:
+        """The event of one complete frame whose header passed :meth:`_check_header`."""
+        if frame_type == 1:
+            return self._receive_hello(body)
+        if frame_type == 2:
+            self._got_accept = True
+            self._state = "established"
+            return Accept()
+        if frame_type == 3:  # MESSAGE outside receive_data's fast path
+            incarnation, serial = _INCARNATION_SERIAL.unpack_from(body, 0)
+            return Message(incarnation, serial, body[16:].tobytes())
+        if frame_type == 7:
+            return Tick()
+        if frame_type == 8:
+            return Control(body.tobytes())
+        # LINK, UNLINK, CLOSED: the body is 18 bytes
+        name = _NAMES[frame_type]
+        try:
+            target = parse_mailbox_id(body)
+        except IllegalAddressFormatError:
+            raise self._fail(ProtocolError(f"{name} body is not a mailbox id")) from None
+        node = target.node
+        if frame_type == 6:
+            if node != self.peer_node:
+                raise self._fail(ProtocolError(f"CLOSED for {target}, which is not on the peer's node"))
+            return Closed(target)
+        if node != self._local_node:
+            raise self._fail(ProtocolError(f"{name} for {target}, which is not on this node"))
+        return Link(target) if frame_type == 4 else Unlink(target)
+
+    def _receive_hello(self, body: memoryview) -> Hello:
+        try:
+            hello = decode(body, _refuse_address)
+        except DecodeError as exc:
+            raise self._fail(DecodeError(f"bad HELLO: {exc}")) from None
+        if type(hello) is not dict:
+            raise self._fail(ProtocolError("HELLO body is not a map"))
+        version = hello.get("v")
+        if type(version) is not int:
+            raise self._fail(ProtocolError("HELLO has no integer version"))
+        if version != PROTOCOL_VERSION:
+            raise self._fail(HandshakeError(
+                f"unsupported protocol version {version} (this node speaks {PROTOCOL_VERSION})"
+            ))
+        if hello.keys() != _HELLO_KEYS:
+            raise self._fail(ProtocolError(f"HELLO keys must be {sorted(_HELLO_KEYS)}, got {sorted(map(repr, hello))}"[:300]))
+        node, incarnation, cluster = hello["node"], hello["inc"], hello["cluster"]
+        if type(cluster) is not bytes:
+            raise self._fail(ProtocolError("HELLO cluster must be bytes"))
+        if cluster != self._cluster_id:
+            raise self._fail(HandshakeError("peer is from another cluster"))
+        if type(node) is not int or not 0 <= node <= MAX_NODE_ID:
+            raise self._fail(ProtocolError(f"HELLO node must be 0..{MAX_NODE_ID}, got {node!r:.40}"))
+        if type(incarnation) is not int or not 0 <= incarnation < UINT64_LIMIT:
+            raise self._fail(ProtocolError(f"HELLO incarnation must be 0 <= x < 2**64, got {incarnation!r:.40}"))
+        if node == self._local_node:
+            raise self._fail(HandshakeError(f"peer claims to be node {node}, which is this node"))
+        if self._expected_peer is not None and node != self._expected_peer:
+            raise self._fail(HandshakeError(
+                f"peer claims node {node} but its certificate proves node {self._expected_peer}"
+            ))
+        self._got_hello = True
+        self.peer_node = node
+        self.peer_incarnation = incarnation
+        return Hello(version, node, incarnation, cluster)
+
+
+_KNOWN = frozenset(int(t) for t in FrameType)
+_NAMES = {int(t): t.name for t in FrameType}
+#: Exact body sizes; MESSAGE (>= 16), HELLO and CONTROL vary.
+_BODY_SIZES = {2: 0, 4: _ID_SIZE, 5: _ID_SIZE, 6: _ID_SIZE, 7: 0}
+#: A valid HELLO body is ~60 bytes; refuse big ones before buffering or decoding them.
+_MAX_HELLO_BODY = 256

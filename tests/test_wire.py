@@ -1,0 +1,518 @@
+"""The sans-IO wire layer: two WireProtocol objects back to back in memory, real bytes."""
+
+from __future__ import annotations
+
+import ast
+import os
+import struct
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reign import _codec, _wire
+from reign._errors import DecodeError, EncodeError, HandshakeError, ProtocolError
+from reign._ids import MailboxID
+from reign._wire import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MESSAGE_OVERHEAD,
+    PROTOCOL_VERSION,
+    Accept,
+    Closed,
+    Control,
+    FrameType,
+    Hello,
+    Link,
+    Message,
+    Tick,
+    Unlink,
+    WireProtocol,
+)
+
+CLUSTER = bytes(range(32))
+OTHER_CLUSTER = bytes(range(1, 33))
+INC_A = 0x019A3C5D7E8F0001
+INC_B = 0x019A3C5D7E8F0002
+
+
+def new(node: int = 1, peer: int | None = 2, *, incarnation: int | None = None,
+        cluster: bytes = CLUSTER, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> WireProtocol:
+    return WireProtocol(
+        local_node=node,
+        local_incarnation=incarnation if incarnation is not None else (INC_A if node == 1 else INC_B),
+        cluster_id=cluster,
+        expected_peer=peer,
+        max_frame_bytes=max_frame_bytes,
+    )
+
+
+def established_pair(**kwargs: Any) -> tuple[WireProtocol, WireProtocol]:
+    a, b = new(1, 2, **kwargs), new(2, 1, **kwargs)
+    assert a.receive_data(b.hello()) == [Hello(PROTOCOL_VERSION, 2, INC_B, CLUSTER)]
+    assert b.receive_data(a.hello()) == [Hello(PROTOCOL_VERSION, 1, INC_A, CLUSTER)]
+    assert a.state == b.state == "handshaking"
+    assert a.receive_data(b.accept()) == [Accept()]
+    assert b.receive_data(a.accept()) == [Accept()]
+    assert a.state == b.state == "established"
+    return a, b
+
+
+def frame(frame_type: int, body: bytes = b"", length: int | None = None) -> bytes:
+    return struct.pack(">IB", 1 + len(body) if length is None else length, frame_type) + body
+
+
+def hello_frame(**fields: Any) -> bytes:
+    body = {"v": PROTOCOL_VERSION, "node": 2, "inc": INC_B, "cluster": CLUSTER}
+    for key, value in fields.items():
+        if value is _DROP:
+            del body[key]
+        else:
+            body[key] = value
+    return frame(FrameType.HELLO, _codec.encode(body))
+
+
+_DROP = object()
+A_MAILBOX = MailboxID(1, INC_A, 5)  # on node 1 (a)
+B_MAILBOX = MailboxID(2, INC_B, 9)  # on node 2 (b)
+
+
+def all_frames(a: WireProtocol) -> tuple[bytes, list[Any]]:
+    """Every established-state frame a can send to b, and the events b must report."""
+    payload = _codec.encode({"op": "chat", "text": "hi"})
+    parts = [
+        (a.message(B_MAILBOX, payload), Message(INC_B, 9, payload)),
+        (a.message(B_MAILBOX, b""), Message(INC_B, 9, b"")),
+        (a.link(B_MAILBOX), Link(B_MAILBOX)),
+        (a.unlink(B_MAILBOX), Unlink(B_MAILBOX)),
+        (a.closed(A_MAILBOX), Closed(A_MAILBOX)),
+        (a.tick(), Tick()),
+        (a.control(b"\xa1\x61k\x01"), Control(b"\xa1\x61k\x01")),
+        (a.message(MailboxID(2, 7, 2**64 - 1), b"x" * 70_000), Message(7, 2**64 - 1, b"x" * 70_000)),
+    ]
+    return b"".join(p for p, _ in parts), [e for _, e in parts]
+
+
+# ------------------------------------------------------------------------------ happy paths
+
+
+def test_handshake_and_every_frame_type_both_ways() -> None:
+    a, b = established_pair()
+    assert (a.peer_node, a.peer_incarnation, b.peer_node, b.peer_incarnation) == (2, INC_B, 1, INC_A)
+    stream, expected = all_frames(a)
+    assert b.receive_data(stream) == expected
+    back = b.message(A_MAILBOX, b"\x01") + b.closed(B_MAILBOX) + b.link(A_MAILBOX) + b.tick()
+    assert a.receive_data(back) == [Message(INC_A, 5, b"\x01"), Closed(B_MAILBOX), Link(A_MAILBOX), Tick()]
+    assert a.handshake_completed and b.handshake_completed
+
+
+def test_accept_may_arrive_together_with_hello_and_messages() -> None:
+    a, b = new(1, 2), new(2, 1)
+    hello_b = b.hello()
+    b.receive_data(a.hello())
+    accept_b = b.accept()
+    # b's HELLO, ACCEPT and (once b sees a's ACCEPT) its first messages reach a in one read
+    a.receive_data(b"")
+    events = a.receive_data(hello_b + accept_b)
+    assert events == [Hello(1, 2, INC_B, CLUSTER), Accept()]
+    assert a.state == "established"
+
+
+def test_events_are_typed_values() -> None:
+    assert Link(A_MAILBOX) != Unlink(A_MAILBOX) != Closed(A_MAILBOX)
+    assert Tick() != Accept()
+    assert Message(1, 2, b"x") == Message(1, 2, b"x") and Message(1, 2, b"x") != (1, 2, b"x")
+    assert len({Link(A_MAILBOX), Unlink(A_MAILBOX), Link(A_MAILBOX)}) == 2
+    message = Message(1, 2, b"x")
+    assert (message.incarnation, message.serial, message.payload) == (1, 2, b"x")
+    match message:
+        case Message(incarnation=1, serial=2):
+            pass
+        case _:  # pragma: no cover
+            pytest.fail("Message does not match by field")
+
+
+def test_message_header_plus_payload_is_a_message_frame() -> None:
+    a, _ = established_pair()
+    payload = b"\x83\x01\x02\x03"
+    assert _wire.message_header(INC_B, 9, len(payload)) + payload == a.message(B_MAILBOX, payload)
+    assert len(a.message(B_MAILBOX, b"")) == MESSAGE_OVERHEAD == 21
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_whole_bytewise_and_random_chunks_give_the_same_events(data: st.DataObject) -> None:
+    a, b1 = established_pair()
+    _, b2 = established_pair()
+    stream, expected = all_frames(a)
+    stream = stream[:2000] + stream[2000:]  # keep the 70 KB frame; chunks are drawn below
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    got: list[Any] = []
+    previous = 0
+    for cut in cuts + [len(stream)]:
+        got += b2.receive_data(stream[previous:cut])
+        previous = cut
+    assert got == expected
+    assert b1.receive_data(stream) == expected
+
+
+def test_byte_by_byte_including_the_handshake() -> None:
+    a, b = new(1, 2), new(2, 1)
+    events: list[Any] = []
+    for byte in b.hello():
+        events += a.receive_data(bytes([byte]))
+    assert events == [Hello(1, 2, INC_B, CLUSTER)]
+    b.receive_data(a.hello())
+    events = []
+    for byte in b.accept():
+        events += a.receive_data(memoryview(bytes([byte])))
+    b.receive_data(a.accept())
+    assert events == [Accept()]
+    stream, expected = all_frames(a)
+    got: list[Any] = []
+    for i in range(len(stream)):
+        got += b.receive_data(bytearray(stream[i : i + 1]))
+    assert got == expected
+
+
+def test_buffer_is_compacted_and_holds_at_most_one_partial_frame() -> None:
+    a, b = established_pair()
+    one = a.message(B_MAILBOX, b"x" * 100)
+    for _ in range(1000):
+        b.receive_data(one * 3 + one[:50])
+        b.receive_data(one[50:])
+    assert len(b._buffer) == 0
+    b.receive_data(one * 10 + one[:7])
+    assert len(b._buffer) == 7
+
+
+# ------------------------------------------------------------------------------ framing violations
+
+
+def test_oversized_header_fails_at_once_without_allocating() -> None:
+    _, b = established_pair()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="over the limit"):
+            b.receive_data((2**31).to_bytes(4, "big"))  # not even the type byte yet
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+    assert b.state == "failed"
+
+
+@pytest.mark.parametrize("stage", ["handshaking", "established"])
+def test_frame_limit_is_exact(stage: str) -> None:
+    if stage == "established":
+        a, b = established_pair(max_frame_bytes=1024)
+        ok = a.message(B_MAILBOX, b"x" * (1024 - 17))
+        assert b.receive_data(ok) == [Message(INC_B, 9, b"x" * 1007)]
+        with pytest.raises(EncodeError, match="exceeds the frame limit"):
+            a.message(B_MAILBOX, b"x" * (1024 - 16))
+        with pytest.raises(EncodeError, match="exceeds the frame limit"):
+            a.control(b"x" * 1024)
+        assert a.state == "established"  # a local refusal does not fail the connection
+        with pytest.raises(ProtocolError, match="1025 bytes announced"):
+            b.receive_data(struct.pack(">IB", 1025, FrameType.MESSAGE))
+    else:
+        b = new(2, 1, max_frame_bytes=1024)
+        with pytest.raises(ProtocolError, match="over the limit"):
+            b.receive_data(struct.pack(">I", 1025))
+
+
+def test_zero_length_frame() -> None:
+    _, b = established_pair()
+    with pytest.raises(ProtocolError, match="length 0"):
+        b.receive_data(b"\x00\x00\x00\x00")
+    fresh = new(2, 1)
+    with pytest.raises(ProtocolError, match="length 0"):
+        fresh.receive_data(b"\x00\x00\x00\x00\x01")
+
+
+@pytest.mark.parametrize("frame_type", [0, 9, 42, 255])
+def test_unknown_frame_type_fails_on_its_header(frame_type: int) -> None:
+    _, b = established_pair()
+    with pytest.raises(ProtocolError, match=f"unknown frame type {frame_type}"):
+        b.receive_data(struct.pack(">IB", 1000, frame_type))  # body never sent
+
+
+@pytest.mark.parametrize("frame_type", [2, 3, 4, 5, 6, 7, 8])
+def test_any_frame_before_hello_fails(frame_type: int) -> None:
+    b = new(2, 1)
+    with pytest.raises(ProtocolError, match="before the peer's HELLO"):
+        b.receive_data(frame(frame_type, b"\x00" * 16))
+    assert b.state == "failed"
+
+
+@pytest.mark.parametrize("frame_type", [3, 4, 5, 6, 7, 8])
+def test_frames_between_hello_and_accept_fail(frame_type: int) -> None:
+    b = new(2, 1)
+    b.receive_data(hello_frame(node=1, inc=INC_A))
+    with pytest.raises(ProtocolError, match="before the peer's ACCEPT"):
+        b.receive_data(frame(frame_type, b"\x00" * 18))
+
+
+def test_second_hello_and_second_accept_fail() -> None:
+    a, b = established_pair()
+    with pytest.raises(ProtocolError, match="second HELLO"):
+        b.receive_data(hello_frame(node=1, inc=INC_A))
+    _, b = established_pair()
+    with pytest.raises(ProtocolError, match="second ACCEPT"):
+        b.receive_data(frame(FrameType.ACCEPT))
+    b = new(2, 1)
+    with pytest.raises(ProtocolError, match="second HELLO"):
+        b.receive_data(hello_frame(node=1, inc=INC_A) * 2)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (frame(FrameType.TICK, b"\x00"), "TICK body must be 0 bytes"),
+        (frame(FrameType.MESSAGE, b"\x00" * 15), "shorter than 16"),
+        (frame(FrameType.MESSAGE), "shorter than 16"),
+        (frame(FrameType.LINK, bytes(B_MAILBOX)[:17]), "LINK body must be 18 bytes"),
+        (frame(FrameType.UNLINK, bytes(B_MAILBOX) + b"\x00"), "UNLINK body must be 18 bytes"),
+        (frame(FrameType.CLOSED, b""), "CLOSED body must be 18 bytes"),
+        (frame(FrameType.LINK, b"X" + bytes(B_MAILBOX)[1:]), "not a mailbox id"),
+        (frame(FrameType.LINK, bytes(A_MAILBOX)), "not on this node"),
+        (frame(FrameType.UNLINK, bytes(A_MAILBOX)), "not on this node"),
+        (frame(FrameType.CLOSED, bytes(B_MAILBOX)), "not on the peer's node"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_bad_bodies(raw: bytes, match: str) -> None:
+    _, b = established_pair()  # b is node 2; its peer is node 1
+    with pytest.raises(ProtocolError, match=match):
+        b.receive_data(raw)
+
+
+def test_accept_with_a_body() -> None:
+    b = new(2, 1)
+    b.receive_data(hello_frame(node=1, inc=INC_A))
+    with pytest.raises(ProtocolError, match="ACCEPT body must be 0 bytes"):
+        b.receive_data(frame(FrameType.ACCEPT, b"\x00"))
+
+
+def test_size_violations_are_caught_on_the_header_alone() -> None:
+    _, b = established_pair()
+    with pytest.raises(ProtocolError, match="LINK body must be 18 bytes"):
+        b.receive_data(struct.pack(">IB", 1_000_000, FrameType.LINK))
+    b = new(2, 1)
+    with pytest.raises(ProtocolError, match="HELLO body of"):
+        b.receive_data(struct.pack(">IB", 10_000_000, FrameType.HELLO))
+
+
+def test_truncated_stream_is_not_an_error_until_more_arrives() -> None:
+    a, b = established_pair()
+    stream, expected = all_frames(a)
+    assert b.receive_data(stream[:-1]) == expected[:-1]
+    assert b.receive_data(stream[-1:]) == expected[-1:]
+
+
+def test_after_an_error_the_protocol_stays_failed() -> None:
+    a, b = established_pair()
+    with pytest.raises(ProtocolError):
+        b.receive_data(frame(99))
+    assert b.state == "failed" and b.handshake_completed
+    good = a.tick()
+    for call in (
+        lambda: b.receive_data(good),
+        lambda: b.receive_data(b""),
+        lambda: b.message(A_MAILBOX, b""),
+        lambda: b.tick(),
+        lambda: b.link(A_MAILBOX),
+        lambda: b.closed(B_MAILBOX),
+        lambda: b.control(b""),
+        lambda: b.hello(),
+        lambda: b.accept(),
+    ):
+        with pytest.raises(ProtocolError, match="already failed: unknown frame type 99"):
+            call()
+    assert b.state == "failed"
+
+
+def test_events_before_an_error_in_the_same_chunk_are_dropped_with_it() -> None:
+    a, b = established_pair()
+    with pytest.raises(ProtocolError):
+        b.receive_data(a.tick() + frame(0))
+    assert b.state == "failed"
+
+
+# ------------------------------------------------------------------------------ HELLO validation
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "match"),
+    [
+        (hello_frame(v=2), HandshakeError, "unsupported protocol version 2"),
+        (hello_frame(v=0, extra=1), HandshakeError, "unsupported protocol version 0"),
+        (hello_frame(cluster=OTHER_CLUSTER), HandshakeError, "another cluster"),
+        (hello_frame(cluster=CLUSTER[:31]), HandshakeError, "another cluster"),
+        (hello_frame(node=3), HandshakeError, "claims node 3 but its certificate proves node 1"),
+        (hello_frame(node=2), HandshakeError, "this node"),
+        (hello_frame(v="1"), ProtocolError, "no integer version"),
+        (hello_frame(v=_DROP), ProtocolError, "no integer version"),
+        (hello_frame(v=True), ProtocolError, "no integer version"),
+        (hello_frame(node=_DROP), ProtocolError, "keys"),
+        (hello_frame(extra=1), ProtocolError, "keys"),
+        (hello_frame(node=256), ProtocolError, "0..255"),
+        (hello_frame(node=-1), ProtocolError, "0..255"),
+        (hello_frame(node="1"), ProtocolError, "0..255"),
+        (hello_frame(node=(1,)), ProtocolError, "0..255"),
+        (hello_frame(inc=-1), ProtocolError, "incarnation"),
+        (hello_frame(inc=1.5), ProtocolError, "incarnation"),
+        (hello_frame(cluster="x" * 32), ProtocolError, "cluster must be bytes"),
+        (hello_frame(node=MailboxID(1, 2, 3)), ProtocolError, "0..255"),
+        (frame(FrameType.HELLO, _codec.encode([1, 1, 2, CLUSTER])), ProtocolError, "not a map"),
+        (frame(FrameType.HELLO, b"\xa1"), DecodeError, "bad HELLO"),
+        (frame(FrameType.HELLO, _codec.encode({"v": 1}) + b"\x00"), DecodeError, "trailing"),
+        (frame(FrameType.HELLO, b"\xc1\x00"), DecodeError, "tag 1"),
+        (frame(FrameType.HELLO, b""), DecodeError, "bad HELLO"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_hello_validation(raw: bytes, error: type[Exception], match: str) -> None:
+    b = new(2, 1)  # node 2, expecting node 1
+    with pytest.raises(error, match=match):
+        b.receive_data(raw)
+    assert b.state == "failed" and b.peer_node is None
+
+
+def test_hello_with_an_address_is_refused() -> None:
+    from reign._address import Address
+
+    body = _codec.encode({"v": 1, "node": Address(MailboxID(1, 2, 3), None), "inc": 1, "cluster": CLUSTER})  # type: ignore[arg-type]
+    b = new(2, 1)
+    with pytest.raises(DecodeError, match="addresses"):
+        b.receive_data(frame(FrameType.HELLO, body))
+
+
+def test_any_peer_id_is_accepted_without_expected_peer() -> None:
+    b = new(2, None)
+    assert b.receive_data(hello_frame(node=200, inc=0)) == [Hello(1, 200, 0, CLUSTER)]
+    assert b.peer_node == 200 and b.peer_incarnation == 0
+
+
+# ------------------------------------------------------------------------------ caller misuse
+
+
+def test_outbound_calls_follow_the_state_machine() -> None:
+    a = new(1, 2)
+    with pytest.raises(RuntimeError, match="ACCEPT before"):
+        a.accept()
+    with pytest.raises(RuntimeError, match="before the handshake completed"):
+        a.message(B_MAILBOX, b"")
+    with pytest.raises(RuntimeError, match="before the handshake completed"):
+        a.tick()
+    a.hello()
+    with pytest.raises(RuntimeError, match="already sent"):
+        a.hello()
+    a.receive_data(hello_frame())
+    a.accept()
+    with pytest.raises(RuntimeError, match="already sent"):
+        a.accept()
+    with pytest.raises(RuntimeError, match="before the handshake completed"):
+        a.link(B_MAILBOX)
+    a.receive_data(frame(FrameType.ACCEPT))
+    with pytest.raises(ValueError, match="not on the peer's node"):
+        a.link(A_MAILBOX)
+    with pytest.raises(ValueError, match="not on this node"):
+        a.closed(B_MAILBOX)
+    with pytest.raises(TypeError):
+        a.link(bytes(B_MAILBOX))  # type: ignore[arg-type]
+    assert a.state == "established"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"local_node": 256}, {"local_node": -1}, {"local_incarnation": 2**64},
+        {"cluster_id": b"x" * 31}, {"cluster_id": "x" * 32}, {"expected_peer": 300},
+        {"max_frame_bytes": 2**32}, {"max_frame_bytes": 10},
+    ],
+)
+def test_constructor_validates_arguments(kwargs: dict[str, Any]) -> None:
+    args: dict[str, Any] = {"local_node": 1, "local_incarnation": 1, "cluster_id": CLUSTER}
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        WireProtocol(**args)
+
+
+# ------------------------------------------------------------------------------ fuzz
+
+
+def _feed(wire: WireProtocol, chunks: list[bytes]) -> tuple[list[Any], str | None]:
+    events: list[Any] = []
+    try:
+        for chunk in chunks:
+            events += wire.receive_data(chunk)
+    except ProtocolError as exc:  # anything else fails the test
+        return events, f"{type(exc).__name__}: {exc}"
+    return events, None
+
+
+frame_like = st.one_of(
+    st.binary(max_size=40),
+    st.builds(
+        lambda t, body, delta: struct.pack(">IB", max(0, len(body) + 1 + delta), t) + body,
+        st.integers(0, 10), st.binary(max_size=30), st.sampled_from([0, 0, 0, -1, 1, -20]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(frame_like, max_size=8))
+def test_fuzz_after_handshake_events_or_protocol_error_whole_equals_bytewise(parts: list[bytes]) -> None:
+    stream = b"".join(parts)
+    _, whole = established_pair()
+    _, bytewise = established_pair()
+    events_whole, error_whole = _feed(whole, [stream])
+    events_bytewise, error_bytewise = _feed(bytewise, [stream[i : i + 1] for i in range(len(stream))])
+    assert error_whole == error_bytewise
+    if error_whole is None:
+        assert events_whole == events_bytewise
+        assert whole.state == "established"
+    else:
+        assert whole.state == bytewise.state == "failed"
+        assert events_bytewise[: len(events_whole)] == events_whole  # whole drops the batch
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frame_like, max_size=5), st.booleans())
+def test_fuzz_during_handshake(parts: list[bytes], with_hello: bool) -> None:
+    stream = (hello_frame(node=1, inc=INC_A) if with_hello else b"") + b"".join(parts)
+    events_whole, error_whole = _feed(new(2, 1), [stream])
+    _, error_bytewise = _feed(new(2, 1), [stream[i : i + 1] for i in range(len(stream))])
+    assert error_whole == error_bytewise
+    assert all(type(e) in (Hello, Accept, Message, Link, Unlink, Closed, Tick, Control) for e in events_whole)
+
+
+# ------------------------------------------------------------------------------ module rules
+
+
+@pytest.mark.parametrize("module", ["_wire.py", "_codec.py"])
+def test_sans_io_modules_do_not_import_asyncio_or_ssl(module: str) -> None:
+    source = Path(_wire.__file__).with_name(module).read_text()
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "ssl", "socket", "pickle", "uvloop"}
+
+
+def test_receive_path_throughput_smoke() -> None:
+    """Not a benchmark: 20k small MESSAGE frames parse in well under a second."""
+    import time
+
+    a, b = established_pair()
+    payload = os.urandom(40)
+    chunk = a.message(B_MAILBOX, payload) * 20_000
+    started = time.perf_counter()
+    events = b.receive_data(chunk)
+    assert time.perf_counter() - started < 1
+    assert len(events) == 20_000 and events[-1] == Message(INC_B, 9, payload)
