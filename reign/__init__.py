@@ -6,6 +6,8 @@ The public contract is documented in the project's README and API notes.
 """
 
 from ._address import Address
+from ._cluster import PeerStatistics
+from ._codec import register_type
 from ._errors import (
     CantGloballyRegisterError,
     ClusterSpecError,
@@ -21,11 +23,14 @@ from ._errors import (
 from ._ids import MailboxID
 from ._mailbox import Mailbox
 from ._messages import MailboxClosed, MultipleClaim
-from ._node import Node, no_clustering, run
+from ._names import Names
+from ._node import Node, NodeStatistics, create_from_spec, create_from_spec_file, no_clustering, run
+from ._spec import ClusterSpec, NodeSpec
 
 __all__ = [
     "Address",
     "CantGloballyRegisterError",
+    "ClusterSpec",
     "ClusterSpecError",
     "DecodeError",
     "Empty",
@@ -37,9 +42,16 @@ __all__ = [
     "MailboxClosedError",
     "MailboxID",
     "MultipleClaim",
+    "Names",
     "Node",
+    "NodeSpec",
+    "NodeStatistics",
+    "PeerStatistics",
     "ProtocolError",
     "ReignError",
+    "create_from_spec",
+    "create_from_spec_file",
     "no_clustering",
+    "register_type",
     "run",
 ]

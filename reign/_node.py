@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Coroutine
+import os
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +31,14 @@ from ._messages import MailboxClosed
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["Node", "no_clustering", "run"]
+__all__ = [
+    "Node",
+    "NodeStatistics",
+    "no_clustering",
+    "create_from_spec",
+    "create_from_spec_file",
+    "run",
+]
 
 _log = structlog.get_logger("reign.node")
 
@@ -44,6 +53,20 @@ class _Cluster(Protocol):
     def unlink(self, target: MailboxID, watcher: Address) -> None: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """A snapshot of a node (``node.statistics()``).
+
+    ``peers`` maps each other node of the spec to its :class:`reign.PeerStatistics` (empty on a
+    ``no_clustering()`` node).
+    """
+
+    node: int
+    incarnation: int
+    mailboxes: int
+    peers: Mapping[int, Any]
 
 
 class Node:
@@ -187,6 +210,28 @@ class Node:
         else:
             self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
 
+    # ---------------------------------------------------------------- cluster introspection
+
+    def statistics(self) -> NodeStatistics:
+        """A frozen snapshot: open mailboxes and, per peer, state, queues, counters, last tick."""
+        peers = self._cluster.statistics() if self._cluster is not None else {}  # type: ignore[attr-defined]
+        return NodeStatistics(self._id, self._incarnation, len(self._mailboxes), peers)
+
+    async def wait_drained(self, node_id: int | None = None, *, timeout: float | None = None) -> None:
+        """Wait until the outbound buffer toward ``node_id`` (every peer if None) is below its
+        high-water mark (like Erlang's busy distribution port).
+
+        ``send`` never blocks; a fast producer awaits this between bursts so it cannot outrun a
+        slow link. While a peer is not connected, its pending buffer counts. Raises
+        :class:`TimeoutError` after ``timeout`` seconds and :class:`KeyError` for a node id not
+        in the spec. Returns at once on a ``no_clustering()`` node.
+        """
+        if self._cluster is None:
+            return
+        if node_id is not None and node_id not in self._cluster.peers:  # type: ignore[attr-defined]
+            raise KeyError(f"node {node_id} is not a peer of node {self._id}")
+        await self._cluster.wait_drained(node_id, timeout)  # type: ignore[attr-defined]
+
     # ---------------------------------------------------------------- connection status
 
     def add_connection_status_callback(self, fn: ConnectionStatusCallback) -> None:
@@ -253,6 +298,36 @@ class Node:
 def no_clustering() -> Node:
     """A node with id 0 and no network: every local feature works; other nodes are unreachable."""
     return Node(0)
+
+
+def create_from_spec(spec: Any, node_id: int) -> Node:
+    """A clustered node ``node_id`` of ``spec`` (a :class:`reign.ClusterSpec` or parsed JSON).
+
+    Credentials are read and checked now, so a bad spec or certificate fails here with
+    :class:`reign.ClusterSpecError`; nothing listens or dials until ``start()``.
+    """
+    from ._cluster import Cluster
+    from ._errors import ClusterSpecError
+    from ._spec import ClusterSpec
+
+    if isinstance(spec, Mapping):
+        spec = ClusterSpec.from_dict(spec)
+    elif not isinstance(spec, ClusterSpec):
+        raise ClusterSpecError(f"spec must be a ClusterSpec or a dict, not {type(spec).__name__}")
+    if type(node_id) is not int:
+        raise ClusterSpecError(f"node id must be an int, not {type(node_id).__name__}")
+    spec.node(node_id)
+    node = Node(node_id)
+    node._cluster = Cluster(node, spec, node_id)
+    node._names._attach_cluster(node._cluster)
+    return node
+
+
+def create_from_spec_file(path: str | os.PathLike[str], node_id: int) -> Node:
+    """:func:`create_from_spec` with the spec loaded (and validated) from a JSON file."""
+    from ._spec import ClusterSpec
+
+    return create_from_spec(ClusterSpec.load(path), node_id)
 
 
 def run(main: Coroutine[Any, Any, Any]) -> Any:
