@@ -30,8 +30,12 @@ Invariants (kept after every call returns; ``tests/test_registry_state.py`` chec
    about notifies X exactly once (however many claimants it gained) and adds them to the memory.
    So X hears about each distinct other claimant Y once: learning the same conflict again (a
    snapshot merged twice; a peer lost and back with the same claims after a partition heals)
-   notifies nobody. The memory for (N, X) is forgotten when X stops claiming N. Claimants from a
-   superseded incarnation of a peer are pruned from it (they can never come back).
+   notifies nobody. The memory for (N, X) is forgotten when X stops claiming N. Y is forgotten
+   from it when Y's *owner* removes the claim (N, Y): an unregister or mailbox close, replicated
+   or local, or a snapshot from Y's live node that lacks it; so Y claiming N again is a new
+   conflict and X hears of it again. Y is *kept* when its claims go because its node was lost
+   (:meth:`~RegistryState.node_lost`): a partition that heals re-notifies nobody. Claimants from
+   a superseded incarnation of a peer are pruned from it (they can never come back).
 6. Only local claimants are ever in ``Effects.notify``: each node notifies its own claimants,
    so a claimant is never notified twice for one conflict by two nodes.
 
@@ -239,7 +243,7 @@ class RegistryState:
         """
         if not (_is_name(name) and isinstance(mbox_id, MailboxID)):
             return NO_EFFECTS
-        if mbox_id.node != self._local_node or not self._remove(name, mbox_id):
+        if mbox_id.node != self._local_node or not self._remove_by_owner(name, mbox_id):
             return NO_EFFECTS
         return Effects(broadcast=(ClaimChange("remove", name, mbox_id),))
 
@@ -251,7 +255,7 @@ class RegistryState:
         mbox_id = self._check_local(mbox_id)
         names = sorted(self._names_of.get(mbox_id, ()))
         for name in names:
-            self._remove(name, mbox_id)
+            self._remove_by_owner(name, mbox_id)
         return Effects(broadcast=tuple(ClaimChange("remove", name, mbox_id) for name in names))
 
     # --------------------------------------------------------------------- peers' changes
@@ -272,11 +276,12 @@ class RegistryState:
     def remote_remove(self, name: str, mbox_id: MailboxID) -> Effects:
         """Apply the removal of a claim, replicated by its owner ``mbox_id.node``.
 
-        Ignored if the claim is not held or is of a superseded incarnation. Raises ValueError as
-        :meth:`remote_add` does.
+        The other local claimants of ``name`` forget they were told about ``mbox_id`` (invariant
+        5), so if it claims ``name`` again they are notified again. Ignored if the claim is not
+        held or is of a superseded incarnation. Raises ValueError as :meth:`remote_add` does.
         """
         if self._accept_remote(name, mbox_id):
-            self._remove(name, mbox_id)
+            self._remove_by_owner(name, mbox_id)
         return NO_EFFECTS
 
     def apply_change(self, change: ClaimChange) -> Effects:
@@ -357,7 +362,8 @@ class RegistryState:
     def end_snapshot(self, node_id: int) -> Effects:
         """Make the received snapshot the whole truth about ``node_id``'s claims.
 
-        Claims of ``node_id`` held but absent from it are dropped (the owner says they are gone);
+        Claims of ``node_id`` held but absent from it are dropped (the owner says they are gone,
+        so they are forgotten in the notification memory as a replicated removal is);
         claims of a superseded incarnation in it are ignored; new ones are added, and local
         claimants of names that gained claimants they were not told about are notified, once
         each. Raises ValueError if no snapshot from ``node_id`` was begun.
@@ -373,7 +379,7 @@ class RegistryState:
             (name, mbox_id) for mbox_id in self._by_node.get(node_id, ()) for name in self._names_of[mbox_id]
         }
         for name, mbox_id in held - pending:
-            self._remove(name, mbox_id)
+            self._remove_by_owner(name, mbox_id)
         gained = {name for name, mbox_id in pending - held if self._add(name, mbox_id)}
         return Effects(notify=self._notifications(gained))
 
@@ -450,6 +456,21 @@ class RegistryState:
             if not node_mboxes:
                 del self._by_node[mbox_id.node]
         self._told.pop((name, mbox_id), None)
+        return True
+
+    def _remove_by_owner(self, name: str, mbox_id: MailboxID) -> bool:
+        """:meth:`_remove` because the claim's owner removed it: the other local claimants of
+        ``name`` forget they were told about ``mbox_id`` (invariant 5). False if not held."""
+        if not self._remove(name, mbox_id):
+            return False
+        for other in self._claimants.get(name, ()):
+            if other.node != self._local_node:
+                continue
+            told = self._told.get((name, other))
+            if told is not None:
+                told.discard(mbox_id)
+                if not told:
+                    del self._told[(name, other)]
         return True
 
     def _drop_claimant(self, mbox_id: MailboxID) -> None:

@@ -142,13 +142,49 @@ def test_the_same_conflict_learned_again_does_not_notify_again() -> None:
     x, y = mid(0, 1), mid(1, 1)
     s.register_local("n", x)
     assert s.remote_add("n", y).notify == ((x, "n"),)
-    s.remote_remove("n", y)
-    assert s.multiple_claim_count == 0
-    assert s.remote_add("n", y).notify == ()  # (n, x, y) was already told
+    assert s.remote_add("n", y) is NO_EFFECTS
+    assert s.merge_snapshot(1, [("n", y)]).notify == ()  # the same claim, learned again
     s.node_lost(1)
-    assert s.merge_snapshot(1, [("n", y)]).notify == ()
+    assert s.multiple_claim_count == 0
+    assert s.merge_snapshot(1, [("n", y)]).notify == ()  # a healed partition: still known
     assert s.merge_snapshot(1, [("n", y)]).notify == ()
     assert s.multiple_claim_count == 1
+
+
+def test_a_claimant_removed_by_its_owner_is_forgotten_and_notifies_again() -> None:
+    s = RegistryState(0)
+    link(s, RegistryState(1))
+    x, y = mid(0, 1), mid(1, 1)
+    s.register_local("n", x)
+    assert s.remote_add("n", y).notify == ((x, "n"),)
+    s.remote_remove("n", y)  # y unregistered (or its mailbox closed) on its own node
+    assert s.multiple_claim_count == 0
+    assert s.remote_add("n", y).notify == ((x, "n"),)  # a new conflict: x hears again
+    # The same through a snapshot from y's live node that no longer holds the claim.
+    s.merge_snapshot(1, [])
+    assert s.merge_snapshot(1, [("n", y)]).notify == ((x, "n"),)
+    # node_lost keeps the memory; the other claimants removed by their owner are forgotten
+    # one by one, each independently.
+    w = mid(1, 2)
+    assert s.remote_add("n", w).notify == ((x, "n"),)
+    s.remote_remove("n", w)
+    assert s.remote_add("n", y) is NO_EFFECTS
+    assert s.remote_add("n", w).notify == ((x, "n"),)
+
+
+def test_local_unregister_and_close_forget_the_claimant_for_the_others() -> None:
+    s = RegistryState(0)
+    x, y = mid(0, 1), mid(0, 2)
+    s.register_local("n", x)
+    assert s.register_local("n", y).notify == ((x, "n"), (y, "n"))
+    s.unregister_local("n", y)
+    assert s.register_local("n", y).notify == ((x, "n"), (y, "n"))
+    s.mailbox_closed(y)
+    y2 = mid(0, 3)
+    assert s.register_local("n", y2).notify == ((x, "n"), (y2, "n"))
+    # Removing the name's only other claimant leaves no empty memory behind.
+    s.unregister_local("n", y2)
+    assert s._told == {}
 
 
 def test_memory_is_forgotten_when_the_claimant_stops_claiming() -> None:
@@ -447,8 +483,11 @@ class ClusterMachine(RuleBasedStateMachine):
         self.stale: list[tuple[int, ClaimChange]] = []  # (destination, change of an old run)
         # (node, name, claimant) -> the other claimants it was told about, this claim's epoch
         self.told: dict[tuple[int, str, MailboxID], set[MailboxID]] = {}
+        # Notices are told once per episode: a claim of x (its epoch) and a claim of y (y's
+        # owner-removals seen at that node for that name) form one episode.
         self.epoch: dict[tuple[int, str, MailboxID], int] = {}
-        self.history: set[tuple[int, str, MailboxID, int, MailboxID]] = set()
+        self.removals: dict[tuple[int, str, MailboxID], int] = {}
+        self.history: set[tuple[int, str, MailboxID, int, MailboxID, int]] = set()
         for a in NODES:
             for b in NODES:
                 if a != b:
@@ -470,7 +509,7 @@ class ClusterMachine(RuleBasedStateMachine):
             new = claimants - {x} - told
             assert new, f"{x} was notified again about {name!r} with nothing new"
             for y in new:
-                entry = (node, name, x, self.epoch.get(key, 0), y)
+                entry = (node, name, x, self.epoch.get(key, 0), y, self.removals.get((node, name, y), 0))
                 assert entry not in self.history
                 self.history.add(entry)
             told |= new
@@ -484,6 +523,18 @@ class ClusterMachine(RuleBasedStateMachine):
             for peer in NODES:
                 if peer != node and frozenset((node, peer)) in self.connected:
                     self.links[node, peer].append(("change", change))
+
+    def _claims(self, node: int) -> set[tuple[str, MailboxID]]:
+        state = self.states[node]
+        return {(name, m) for name in NAMES for m in state.lookup_all(name)}
+
+    def _owner_removed(self, node: int, before: set[tuple[str, MailboxID]]) -> None:
+        """Claims ``node`` dropped because their owner removed them: forgotten by the others."""
+        for name, y in before - self._claims(node):
+            self.removals[node, name, y] = self.removals.get((node, name, y), 0) + 1
+            for key, told in self.told.items():
+                if key[0] == node and key[1] == name:
+                    told.discard(y)
 
     def _send_snapshot(self, src: int, dst: int, chunk: int) -> None:
         queue = self.links[src, dst]
@@ -501,15 +552,20 @@ class ClusterMachine(RuleBasedStateMachine):
     def _deliver(self, src: int, dst: int) -> None:
         kind, body = self.links[src, dst].popleft()
         state = self.states[dst]
+        before = self._claims(dst)
         if kind == "change":
             assert isinstance(body, ClaimChange)
-            self._effects(dst, state.apply_change(body))
+            effects = state.apply_change(body)
+            self._owner_removed(dst, before)
+            self._effects(dst, effects)
         elif kind == "begin":
             state.begin_snapshot(src)
         elif kind == "chunk":
             state.snapshot_chunk(src, body)  # type: ignore[arg-type]
         else:
-            self._effects(dst, state.end_snapshot(src))
+            effects = state.end_snapshot(src)
+            self._owner_removed(dst, before)
+            self._effects(dst, effects)
 
     def _mailbox(self, node: int, slot: int) -> MailboxID:
         mbox = self.slots[node][slot]
@@ -530,15 +586,26 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule(node=st.sampled_from(NODES), slot=st.integers(0, SLOTS - 1), name=st.sampled_from(NAMES))
     def unregister(self, node: int, slot: int, name: str) -> None:
         mbox = self._mailbox(node, slot)
+        before = self._claims(node)
         effects = self.states[node].unregister_local(name, mbox)
         assert bool(effects.broadcast) == ((name, mbox) in self.model[node])
+        self._owner_removed(node, before)
         self._effects(node, effects)
         self.model[node].discard((name, mbox))
+
+    @rule(node=st.sampled_from(NODES), slot=st.integers(0, SLOTS - 1), name=st.sampled_from(NAMES))
+    def reregister(self, node: int, slot: int, name: str) -> None:
+        """Unregister and claim again at once: a new conflict for every other claimant."""
+        self.unregister(node, slot, name)
+        self.register(node, slot, name)
 
     @rule(node=st.sampled_from(NODES), slot=st.integers(0, SLOTS - 1))
     def close(self, node: int, slot: int) -> None:
         mbox = self._mailbox(node, slot)
-        self._effects(node, self.states[node].mailbox_closed(mbox))
+        before = self._claims(node)
+        effects = self.states[node].mailbox_closed(mbox)
+        self._owner_removed(node, before)
+        self._effects(node, effects)
         self.model[node] = {c for c in self.model[node] if c[1] != mbox}
         self.slots[node][slot] = None
 
