@@ -39,9 +39,9 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from reign import _certs
+from reign._cli import OneLineParser, one_line, os_reason
 from reign._errors import ClusterSpecError, HandshakeError
 from reign._spec import ClusterSpec, NodeSpec
 
@@ -68,32 +68,18 @@ class _Failure(Exception):
     """A run-time failure to report as one line and exit status 1."""
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.replace("\r", "\n").split("\n")).strip()
-
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
 def _warn(text: str) -> None:
-    print(f"{PROG}: warning: {_one_line(text)}", file=sys.stderr, flush=True)
+    print(f"{PROG}: warning: {one_line(text)}", file=sys.stderr, flush=True)
 
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- command line
 
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (``reign_init: error: ...``) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: error: {_one_line(message)}\n")
 
 
 def _bounded_int(low: int, high: int) -> type[int]:
@@ -122,8 +108,8 @@ def _organization(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _build_parser() -> _Parser:
-    parser = _Parser(
+def _build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog=PROG,
         allow_abbrev=False,
         description=(
@@ -173,7 +159,7 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise _Failure(f"cannot read {path}: {_reason(exc)}") from None
+        raise _Failure(f"cannot read {path}: {os_reason(exc)}") from None
 
 
 def _present(path: Path) -> bool:
@@ -187,7 +173,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     except OSError as exc:
-        raise _Failure(f"cannot write {path}: {_reason(exc)}") from None
+        raise _Failure(f"cannot write {path}: {os_reason(exc)}") from None
     try:
         try:
             if hasattr(os, "fchmod"):
@@ -202,7 +188,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise _Failure(f"cannot write {path}: {_reason(exc)}") from None
+        raise _Failure(f"cannot write {path}: {os_reason(exc)}") from None
 
 
 def _sync_dir(directory: Path) -> None:
@@ -225,7 +211,7 @@ def _prepare_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _Failure(f"cannot create directory {directory}: {_reason(exc)}") from None
+        raise _Failure(f"cannot create directory {directory}: {os_reason(exc)}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise _Failure(f"cannot write to directory {directory}: permission denied")
 
@@ -343,14 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run(args)
     except _Failure as exc:
-        print(f"{PROG}: {_one_line(str(exc))}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # last resort: the contract is one line, never a traceback
         print(
-            f"{PROG}: unexpected error: {type(exc).__name__}: {_one_line(_reason(exc))}",
+            f"{PROG}: unexpected error: {type(exc).__name__}: {one_line(os_reason(exc))}",
             file=sys.stderr,
         )
         return 1

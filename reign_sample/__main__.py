@@ -43,11 +43,12 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 
 import reign
+from reign._cli import OneLineParser, one_line, os_reason
 from reign_sample import Chat, chatter_name
 
 PROG = "reign_sample"
@@ -73,24 +74,10 @@ class _Failure(Exception):
     """A failure reported as one line on stderr and exit status 1."""
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- command line
 
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (``reign_sample: error: ...``) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: error: {_one_line(message)}\n")
 
 
 def _node_id(text: str) -> int:
@@ -111,8 +98,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _build_parser() -> _Parser:
-    parser = _Parser(
+def _build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog=PROG,
         allow_abbrev=False,
         description=(
@@ -196,7 +183,7 @@ def _listen_failure(exc: OSError, node_id: int, spec: reign.ClusterSpec) -> _Fai
     host, port = spec.node(node_id).listen_address
     # The cluster layer words it as "node N cannot listen on HOST:PORT: <reason>".
     # asyncio appends "(while attempting to bind on address (...))": the line says it already.
-    text = re.sub(r" \(while attempting to bind on address .*\)\)", "", _reason(exc))
+    text = re.sub(r" \(while attempting to bind on address .*\)\)", "", os_reason(exc))
     if str(port) not in text:
         text = f"node {node_id} cannot listen on {host}:{port}: {text}"
     cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
@@ -492,14 +479,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = _load_spec(spec_path, args.node)
         return int(reign.run(_run(args, spec_path, spec)))
     except _Failure as exc:
-        print(f"{PROG}: {_one_line(str(exc))}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:  # before the signal handlers were installed
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # last resort: the contract is one line, never a traceback
         print(
-            f"{PROG}: unexpected error: {type(exc).__name__}: {_one_line(_reason(exc))}",
+            f"{PROG}: unexpected error: {type(exc).__name__}: {one_line(os_reason(exc))}",
             file=sys.stderr,
             flush=True,
         )
