@@ -67,8 +67,15 @@ HELLO_TIMEOUT = 10.0
 #: delay jittered by +-50% so a restarted cluster does not redial in lockstep.
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 2.0  # a late-joining higher id waits at most this long for its dialler
-#: Read buffer handed to BufferedProtocol: 256 KiB, the size uvloop reads per call anyway.
+#: Read buffer handed to BufferedProtocol: 256 KiB, the size uvloop reads per call anyway. One
+#: buffer serves every connection of a node: ``buffer_updated`` consumes it synchronously (the
+#: wire layer copies what it keeps), so a 255-connection node does not hold 64 MiB of buffers.
 READ_BUFFER_BYTES = 256 * 1024
+#: Outbound dials in flight at once per node. A mesh forming from scratch would otherwise start
+#: hundreds of TLS handshakes (~3 ms of CPU each) together, and under that load some would hit
+#: the handshake timeout and be retried: measured, 256 nodes never formed a mesh without a
+#: limit and formed one with 32 per process.
+DIAL_CONCURRENCY = 8
 #: Outbound high-water mark per connection: past it the peer is "busy" (``wait_drained``).
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 WRITE_LOW_WATER = 1024 * 1024
@@ -244,8 +251,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.wire: _wire.WireProtocol | None = None  # type: ignore[assignment]
         self.peer: _Peer | None = None
-        self.buffer = bytearray(READ_BUFFER_BYTES)
-        self.view = memoryview(self.buffer)
+        self.view = cluster.read_view
         self.out: list[bytes] = []
         self.unwritten_bytes = 0
         self.unwritten_messages = 0
@@ -364,6 +370,11 @@ class _Connection(asyncio.BufferedProtocol):
             self.fail(ProtocolError(f"write failed: {exc!r}"))
             return
         self.last_write = self.loop.time()
+        peer = self.peer
+        if peer is not None and not peer.drained.is_set():
+            # The TLS transport may never pause/resume us (it hands bytes straight to the
+            # socket transport), so a waiter must be re-evaluated after every flush.
+            peer.update_drained()
 
     def transport_buffer(self) -> int:
         transport = self.transport
@@ -442,6 +453,8 @@ class Cluster:
         self.write_high_water = WRITE_HIGH_WATER
         self.log = structlog.get_logger("reign.cluster").bind(node=node_id)
         self.peers: dict[int, _Peer] = {}
+        self.read_view = memoryview(bytearray(READ_BUFFER_BYTES))
+        self.dial_slots = asyncio.Semaphore(DIAL_CONCURRENCY)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listener: socket.socket | None = None
         for peer_spec in spec.nodes:
@@ -534,7 +547,8 @@ class Cluster:
         while not self.stopping:
             if peer.conn is None:
                 try:
-                    await self._dial(peer)
+                    async with self.dial_slots:
+                        await self._dial(peer)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

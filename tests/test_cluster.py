@@ -390,3 +390,19 @@ async def test_statistics_and_wait_drained(spec3: Path) -> None:
         assert stats.peers[2].last_heard is not None and stats.peers[2].last_heard < 30
         with pytest.raises(KeyError):
             await n1.wait_drained(99)
+
+
+async def test_wait_drained_without_timeout_returns_after_a_large_burst(spec3: Path) -> None:
+    # Regression: the TLS transport never called pause/resume_writing, so a waiter that saw
+    # the burst above the high-water mark waited forever.
+    async with reign.create_from_spec_file(spec3, 1) as n1, reign.create_from_spec_file(spec3, 2) as n2:
+        await wait_connected([n1, n2])
+        a2, m2 = n2.new_mailbox()
+        remote = n1.address(str(a2))
+        for _ in range(1100):  # 4.5 MB in one loop iteration: above the 4 MiB mark
+            remote.send(b"q" * 4096)
+        assert n1.statistics().peers[2].queued_bytes > 4 * 1024 * 1024
+        async with asyncio.timeout(20):  # in this task: the flush has not run yet
+            await n1.wait_drained(2)
+        for _ in range(1100):
+            assert await m2.receive(timeout=20) == b"q" * 4096
