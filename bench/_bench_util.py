@@ -1,0 +1,120 @@
+"""Helpers shared by the cluster benchmarks (bench only; not part of reign).
+
+Throwaway cluster credentials and specs on free loopback ports, quiet logging, file-descriptor
+limits, CPU pinning and RSS readings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import socket
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from reign import _certs  # noqa: E402
+
+
+def quiet_logs() -> None:
+    """Drop reign's info events (structlog prints them to stdout by default)."""
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on 127.0.0.1 (closed again, so free for a moment)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def make_cluster(folder: Path, ids: Iterable[int], **tuning: Any) -> Path:
+    """A CA, a certificate per node and a cluster.json in ``folder``; returns the spec path."""
+    ids = list(ids)
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _certs.create_ca("reign-bench")
+    (folder / "reign_ca.crt").write_bytes(ca_cert)
+    for i in ids:
+        cert, key = _certs.create_node_certificate(ca_cert, ca_key, i)
+        (folder / f"reign_node.{i}.crt").write_bytes(cert)
+        (folder / f"reign_node.{i}.key").write_bytes(key)
+    ports = free_ports(len(ids))
+    spec = {
+        "nodes": [{"id": i, "address": f"127.0.0.1:{p}"} for i, p in zip(ids, ports)],
+        "node_key_path": "reign_node.%d.key",
+        "node_cert_path": "reign_node.%d.crt",
+        "cluster_cert_path": "reign_ca.crt",
+        **tuning,
+    }
+    path = folder / "cluster.json"
+    path.write_text(json.dumps(spec, indent=1))
+    return path
+
+
+def raise_fd_limit(wanted: int | None = None) -> int:
+    """Raise RLIMIT_NOFILE to ``wanted`` (root may lift the hard limit) or else the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted is not None and wanted > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            pass
+    target = hard if wanted is None else min(max(wanted, soft), hard)
+    if target != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def pin_all_threads(cpus: set[int]) -> dict[int, set[int]]:
+    """Pin every thread of this process to ``cpus``; returns the previous affinities."""
+    previous = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            previous[int(tid)] = os.sched_getaffinity(int(tid))
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+    return previous
+
+
+def restore_affinity(previous: dict[int, set[int]]) -> None:
+    all_cpus = set().union(*previous.values()) if previous else set(range(os.cpu_count() or 1))
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), previous.get(int(tid), all_cpus))
+        except OSError:
+            pass
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
