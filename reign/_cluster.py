@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Cluster", "PeerStatistics"]
 
+_message_header = _wire.message_header
+_MESSAGE_OVERHEAD = _wire.MESSAGE_OVERHEAD
+
 _log = structlog.get_logger("reign.cluster")
 
 #: Seconds a TLS handshake may take. A real one costs ~3 ms of CPU here (FACTS.md); ten
@@ -454,6 +457,7 @@ class Cluster:
         self.log = structlog.get_logger("reign.cluster").bind(node=node_id)
         self.peers: dict[int, _Peer] = {}
         self.read_view = memoryview(bytearray(READ_BUFFER_BYTES))
+        self.decode_message = _codec.bound_decoder(node._address_for)
         self.dial_slots = asyncio.Semaphore(DIAL_CONCURRENCY)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listener: socket.socket | None = None
@@ -696,8 +700,7 @@ class Cluster:
         node = self.node
         node_incarnation = self.incarnation
         mailboxes = node._mailboxes
-        make_address = node._address_for
-        decode = _codec.decode
+        decode = self.decode_message
         peer.last_heard = conn.last_read
         delivered = 0
         for event in events:
@@ -708,7 +711,7 @@ class Cluster:
                 mbox = mailboxes.get(event.serial)
                 if mbox is None:
                     continue
-                mbox._deliver(decode(event.payload, make_address))
+                mbox._deliver(decode(event.payload))
             else:
                 self._handle_control_event(peer, conn, event)
                 if conn.closed:
@@ -770,7 +773,20 @@ class Cluster:
             )
         thread_id = self.node._thread_id
         if thread_id == get_ident() or thread_id is None:
-            return peer.send_message(mailbox_id.incarnation, mailbox_id.serial, payload)
+            conn = peer.conn
+            if conn is None or mailbox_id.incarnation != known:
+                return peer.send_message(mailbox_id.incarnation, mailbox_id.serial, payload)
+            # Hot path (the peer is up, on the loop thread): _Connection.write_message inlined.
+            out = conn.out
+            out.append(_message_header(mailbox_id.incarnation, mailbox_id.serial, len(payload)))
+            out.append(payload)
+            conn.unwritten_bytes += len(payload) + _MESSAGE_OVERHEAD
+            conn.unwritten_messages += 1
+            peer.messages_out += 1
+            if not conn.flush_scheduled:
+                conn.flush_scheduled = True
+                self.loop.call_soon(conn.flush)
+            return True
         self.loop.call_soon_threadsafe(
             peer.send_message, mailbox_id.incarnation, mailbox_id.serial, payload
         )

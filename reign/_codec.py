@@ -67,6 +67,7 @@ __all__ = [
     "register_type",
     "encode",
     "decode",
+    "bound_decoder",
     "MAX_DEPTH",
     "MAX_CBOR_DEPTH",
     "MAX_ITEMS",
@@ -672,6 +673,40 @@ def decode(data: bytes | bytearray | memoryview, make_address: Callable[[Mailbox
     :func:`encode` would not have produced (see the module docstring); nothing else escapes
     for bytes-like ``data``. Thread-safe.
     """
+    try:
+        dec = _DECODER_POOL.pop()
+    except IndexError:
+        dec = _Decoder()
+    dec.make_address = make_address
+    value = _decode_with(dec, data)  # on error the decoder is dropped: cbor2 may be mid-item
+    dec.make_address = None
+    _DECODER_POOL.append(dec)
+    return value
+
+
+def bound_decoder(make_address: Callable[[MailboxID], Any]) -> Callable[[bytes], Any]:
+    """A :func:`decode` with ``make_address`` fixed, for one thread's hot loop.
+
+    The connector decodes every inbound message on its loop thread; a decoder of its own saves
+    the pool and the rebinding on each message. Not thread-safe: use it from one thread.
+    """
+    state = [_Decoder()]
+    state[0].make_address = make_address
+
+    def decode_bound(data: bytes) -> Any:
+        dec = state[0]
+        try:
+            return _decode_with(dec, data)
+        except DecodeError:
+            fresh = _Decoder()  # cbor2 may be mid-item after an error: never reuse it
+            fresh.make_address = make_address
+            state[0] = fresh
+            raise
+
+    return decode_bound
+
+
+def _decode_with(dec: _Decoder, data: bytes | bytearray | memoryview) -> Any:
     if type(data) is not bytes:
         if not isinstance(data, (bytearray, memoryview)):
             raise TypeError(f"decode needs bytes, bytearray or memoryview, not {type(data).__name__}")
@@ -682,11 +717,6 @@ def decode(data: bytes | bytearray | memoryview, make_address: Callable[[Mailbox
         _scan(data)
     elif data.translate(None, _NOT_SIMPLE):
         check_simple = True
-    try:
-        dec = _DECODER_POOL.pop()
-    except IndexError:
-        dec = _Decoder()
-    dec.make_address = make_address
     cbor = dec.cbor
     try:
         stream = io.BytesIO(data)
@@ -698,13 +728,11 @@ def decode(data: bytes | bytearray | memoryview, make_address: Callable[[Mailbox
         if check_simple and _has_simple(value):
             raise DecodeError("CBOR simple values and undefined are not allowed")
     except DecodeError:
-        raise  # the decoder is dropped, not reused: cbor2 may be mid-item
+        raise
     except Exception as exc:
         raise DecodeError(_reason(exc)) from exc
-    dec.make_address = None
     if n > SCAN_THRESHOLD:
-        cbor.fp = _EMPTY_STREAM  # do not keep a large payload alive in the pool
-    _DECODER_POOL.append(dec)
+        cbor.fp = _EMPTY_STREAM  # do not keep a large payload alive
     return value
 
 

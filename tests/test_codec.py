@@ -775,3 +775,21 @@ def test_pooled_decoders_do_not_keep_large_payloads_alive() -> None:
     for dec in _codec._DECODER_POOL:
         stream = dec.cbor.fp
         assert isinstance(stream, io.BytesIO) and len(stream.getbuffer()) < (1 << 20)
+
+
+def test_bound_decoder_matches_decode_and_recovers_after_errors() -> None:
+    from reign._codec import bound_decoder
+
+    made: list[MailboxID] = []
+
+    def make_address(mid: MailboxID) -> MailboxID:
+        made.append(mid)
+        return mid
+
+    decode_bound = bound_decoder(make_address)
+    good = encode({"k": (1, "two", [3.0, None])})
+    assert decode_bound(good) == decode(good, make_address) == {"k": (1, "two", [3.0, None])}
+    for bad in (b"\x82\x01", b"\x01\x02", b"\x9f\x01\xff", b"\xa2\x01\x01\x01\x02"):
+        with pytest.raises(DecodeError):
+            decode_bound(bad)
+        assert decode_bound(good) == {"k": (1, "two", [3.0, None])}  # a fresh decoder took over
