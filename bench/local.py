@@ -128,12 +128,13 @@ async def match_reign(node: reign.Node, reps: int) -> float:
 
 def match_scan(reps: int) -> float:
     q: deque[object] = deque(("noise", i) for i in range(1000))
+    pred = lambda m: m == "wanted"  # noqa: E731 - the same predicate reign is given
     total = 0.0
     for _ in range(reps):
         q.append("wanted")
         t0 = time.perf_counter()
         for index, msg in enumerate(q):
-            if msg == "wanted":
+            if pred(msg):
                 del q[index]
                 break
         total += time.perf_counter() - t0
@@ -184,7 +185,7 @@ async def main(rounds: int, messages: int) -> None:
     print(f"{'ping-pong (round trips/s)':34} {med['pp_r']:>14,.0f} {med['pp_q']:>14,.0f} "
           f"{med['pp_r'] / med['pp_q']:>6.2f}x  >= 1.3x asyncio.Queue")
     print(f"{'receive_match past 1,000 (us)':34} {med['m_r']:>14.1f} {med['m_q']:>14.1f} "
-          f"{med['m_r'] / med['m_q']:>6.2f}x  (baseline: bare deque scan)")
+          f"{med['m_r'] / med['m_q']:>6.2f}x  (baseline: deque scan, same predicate)")
     print(f"{'memory per idle mailbox (bytes)':34} {mem_r:>14.0f} {mem_q:>14.0f} "
           f"{mem_r / mem_q:>6.2f}x  <= 1024 bytes (baseline: asyncio.Queue)")
 

@@ -17,6 +17,7 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from ._ids import MailboxID
+from ._mailbox import _MatchWaiter
 
 if TYPE_CHECKING:
     from ._mailbox import Mailbox
@@ -85,12 +86,22 @@ class Address:
         node = mbox._node
         thread_id = node._thread_id
         if thread_id == get_ident() or thread_id is None:
-            # Inlined fast path of Mailbox._deliver: nobody waiting and a queue exists.
-            queue = mbox._queue
-            if queue is None or mbox._waiters:
-                mbox._deliver(msg)
+            # Inlined fast paths of Mailbox._deliver: hand the message to a plain waiting
+            # receiver, or append it when nobody waits.
+            waiters = mbox._waiters
+            if waiters:
+                waiter = waiters[0]
+                if type(waiter) is not _MatchWaiter and not waiter.done():
+                    waiters.popleft()
+                    waiter.set_result(msg)
+                else:
+                    mbox._deliver(msg)
             else:
-                queue.append(msg)
+                queue = mbox._queue
+                if queue is None:
+                    mbox._deliver(msg)
+                else:
+                    queue.append(msg)
         else:
             node._loop.call_soon_threadsafe(mbox._deliver, msg)  # type: ignore[union-attr]
         return True
