@@ -64,6 +64,10 @@ _log = structlog.get_logger("reign.cluster")
 #: Seconds a TLS handshake may take. A real one costs ~3 ms of CPU here (FACTS.md); ten
 #: seconds tolerates a loaded machine while dropping stalled half-open connections.
 TLS_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a TCP connect may take. Without a bound a dial during a silent partition waits out
+#: the kernel's SYN retries (~127 s) and holds a dial slot. Erlang bounds the whole connection
+#: setup by net_setuptime (7 s); two seconds is ample on a LAN and lets a partition heal fast.
+CONNECT_TIMEOUT = 2.0
 #: Seconds from TCP accept/connect to a completed HELLO exchange.
 HELLO_TIMEOUT = 10.0
 #: Reconnect backoff: first retry after this many seconds, doubling up to RECONNECT_MAX, each
@@ -266,12 +270,13 @@ class _Connection(asyncio.BufferedProtocol):
         self.got_accept = False
         self.close_reason: str | None = None
         self.established = asyncio.get_running_loop().create_future()
-        self.hello_timer = self.loop.call_later(HELLO_TIMEOUT, self._hello_timeout)
+        self.hello_timer: asyncio.TimerHandle | None = None  # started by connection_made
 
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.hello_timer = self.loop.call_later(HELLO_TIMEOUT, self._hello_timeout)
         self.cluster.connections.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         try:
@@ -322,7 +327,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.hello_timer.cancel()
+        self.cancel_hello_timer()
         if exc is not None and self.close_reason is None:
             self.close_reason = f"connection lost: {exc!r}"
         if not self.established.done():
@@ -406,7 +411,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.closed = True
-        self.hello_timer.cancel()
+        self.cancel_hello_timer()
         if self.transport is not None:
             self.transport.abort()
         self.cluster.connection_closed(self)
@@ -416,10 +421,14 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.flush()
         self.closed = True
-        self.hello_timer.cancel()
+        self.cancel_hello_timer()
         if self.transport is not None:
             self.transport.close()
         self.cluster.connection_closed(self)
+
+    def cancel_hello_timer(self) -> None:
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
 
     def _hello_timeout(self) -> None:
         if not (self.wire is not None and self.wire.state == "established"):
@@ -541,7 +550,7 @@ class Cluster:
         except Exception as exc:
             sock.close()
             for conn in conn_holder:
-                conn.hello_timer.cancel()
+                conn.cancel_hello_timer()
             self.log.warning("node.tls.rejected", remote=remote, reason=_tls_reason(exc))
         # On success connection_made has run; the rest happens in the protocol callbacks.
 
@@ -581,15 +590,22 @@ class Cluster:
             conn_holder.append(conn)
             return conn
 
+        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
         try:
+            sock.setblocking(False)
+            if local:
+                sock.bind((local, 0))
+            await asyncio.wait_for(self.loop.sock_connect(sock, addr), CONNECT_TIMEOUT)
             await self.loop.create_connection(
-                factory, host, port, ssl=self.client_ssl, server_hostname=host,
+                factory, sock=sock, ssl=self.client_ssl, server_hostname=host,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                local_addr=(local, 0) if local else None,
             )
         except BaseException:
+            sock.close()
             for conn in conn_holder:
-                conn.hello_timer.cancel()
+                conn.cancel_hello_timer()
             raise
         conn = conn_holder[0]
         await conn.established
@@ -609,7 +625,7 @@ class Cluster:
     def connection_established(self, conn: _Connection) -> None:
         wire = conn.wire
         peer = self.peers[wire.peer_node]
-        conn.hello_timer.cancel()
+        conn.cancel_hello_timer()
         if self.stopping:
             conn.close_gracefully()
             return
@@ -868,6 +884,8 @@ class Cluster:
 
 
 def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{exc.reason}: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
