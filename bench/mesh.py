@@ -22,9 +22,9 @@ Before starting, the run estimates its memory (connection ends x (read buffer + 
 refuses when that exceeds 75% of MemAvailable (``--force`` overrides): this machine is shared.
 
 Two EXPERIMENT options patch reign inside the workers (never by default; the output says so):
-``--read-buffer BYTES`` sets ``reign._cluster.READ_BUFFER_BYTES`` (each connection end allocates
-that much, zero-filled), ``--dial-limit K`` lets at most K dials (connect + TLS + HELLO) be in
-flight per worker process. They show what those two connector changes would buy.
+``--read-buffer BYTES`` sets ``reign._cluster.READ_BUFFER_BYTES`` (one per node, shared by its
+connections), ``--dial-limit K`` lets at most K dials (connect + TLS + HELLO) be in flight per
+worker process, on top of reign's own per-node limit (``DIAL_CONCURRENCY``).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from reign import _cluster as _reign_cluster  # noqa: E402
 
 #: File descriptors a worker needs beyond one per connection end and listener.
 FD_MARGIN = 256
-#: Read buffer each connection end allocates and zero-fills (reign._cluster, 256 KiB today);
-#: only used for the memory estimate. Revisit the estimate if reign stops allocating per connection.
+#: Read buffer each node allocates once and shares across its connections (reign._cluster);
+#: only used for the memory estimate.
 READ_BUFFER_BYTES: int = getattr(_reign_cluster, "READ_BUFFER_BYTES", 256 * 1024)
 #: Measured RSS per connection end besides the read buffer (TLS state, transports, protocol
 #: objects): ~50 KiB with 64 nodes; used only for the memory estimate.
@@ -276,11 +276,13 @@ async def coordinator(args: argparse.Namespace) -> int:
     try:
         procs, fd_limit = plan_processes(n, args.procs)
         read_buffer = args.read_buffer or READ_BUFFER_BYTES
-        estimate = n * (n - 1) * (read_buffer + PER_CONNECTION_END_OVERHEAD) + procs * IDLE_WORKER_RSS
+        # One read buffer per node (reign shares it across the node's connections).
+        estimate = (n * read_buffer + n * (n - 1) * PER_CONNECTION_END_OVERHEAD
+                    + procs * IDLE_WORKER_RSS)
         available = mem_available()
         print(f"memory estimate: {estimate / 2**30:.1f} GiB for {n * (n - 1):,} connection ends "
-              f"({(read_buffer + PER_CONNECTION_END_OVERHEAD) / 1024:.0f} KiB each, of which "
-              f"{read_buffer / 1024:.0f} KiB read buffer); {available / 2**30:.1f} GiB available")
+              f"({PER_CONNECTION_END_OVERHEAD / 1024:.0f} KiB each) and {n} read buffers of "
+              f"{read_buffer / 1024:.0f} KiB; {available / 2**30:.1f} GiB available")
         if estimate > 0.75 * available and not args.force:
             print("refusing to run: the estimate exceeds 75% of available memory (other processes "
                   "share this machine); use --read-buffer to try a smaller read buffer, or --force")
@@ -429,11 +431,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on the mesh after this")
     parser.add_argument("--progress", type=float, default=5.0, help="progress line every so many s")
     parser.add_argument("--read-buffer", type=int, default=None, metavar="BYTES",
-                        help="EXPERIMENT: patch reign._cluster.READ_BUFFER_BYTES (256 KiB, allocated "
-                             "per connection) in the workers to show what it costs")
+                        help="EXPERIMENT: patch reign._cluster.READ_BUFFER_BYTES (256 KiB, one per "
+                             "node) in the workers to show what it costs")
     parser.add_argument("--dial-limit", type=int, default=None, metavar="K",
                         help="EXPERIMENT: patch reign so each worker process has at most K dials "
-                             "(connect + TLS + HELLO) in flight; reign itself has no such limit")
+                             "(connect + TLS + HELLO) in flight, on top of reign's per-node DIAL_CONCURRENCY")
     parser.add_argument("--force", action="store_true",
                         help="run even if the memory estimate exceeds 75%% of MemAvailable")
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
