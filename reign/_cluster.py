@@ -121,10 +121,14 @@ class _PeerWatcher:
         self.peer = peer
 
     def send(self, notice: MailboxClosed) -> bool:
+        """Called from a local mailbox's close: must never raise into ``close()``."""
+        self.peer.linked.discard(notice.id.serial)
         conn = self.peer.conn
         if conn is not None:
-            conn.write(conn.wire.closed(notice.id))
-        self.peer.linked.discard(notice.id.serial)
+            try:
+                conn.write(conn.wire.closed(notice.id))
+            except Exception as exc:  # a dead wire: drop that connection, not the close
+                conn.fail(ProtocolError(f"cannot send CLOSED: {exc!r}"))
         return True
 
 
