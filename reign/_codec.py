@@ -607,17 +607,8 @@ class _Decoder:
         )
 
     def _decode_address(self, value: Any, immutable: bool) -> Any:
-        if type(value) is list and len(value) == 3:  # the common case, inlined
-            node, incarnation, serial = value
-            if (
-                type(node) is int
-                and type(incarnation) is int
-                and type(serial) is int
-                and 0 <= node <= MAX_NODE_ID
-                and 0 <= incarnation < UINT64_LIMIT
-                and 0 <= serial < UINT64_LIMIT
-            ):
-                return self.make_address(_fast_mailbox_id(node, incarnation, serial))  # type: ignore[misc]
+        if type(value) is list and len(value) == 3:  # the common case
+            return self.make_address(mailbox_id_from_parts(*value))  # type: ignore[misc]
         return self.make_address(_id_parts(value))  # type: ignore[misc]
 
 

@@ -118,16 +118,19 @@ class FrameType(enum.IntEnum):
 # dataclass costs ~1 us) that compare by type *and* fields, so Link(t) != Unlink(t).
 
 
-def _event_eq(self: tuple[Any, ...], other: object) -> bool:
-    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+class _Event:
+    """Mixed in before each event's NamedTuple: equality and hash include the event type."""
 
+    __slots__ = ()
 
-def _event_ne(self: tuple[Any, ...], other: object) -> bool:
-    return not (type(self) is type(other) and tuple.__eq__(self, other))  # type: ignore[arg-type]
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
 
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
 
-def _event_hash(self: tuple[Any, ...]) -> int:
-    return hash((type(self).__name__, tuple.__hash__(self)))
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple.__hash__(self)))  # type: ignore[arg-type]
 
 
 class _HelloFields(NamedTuple):
@@ -137,35 +140,26 @@ class _HelloFields(NamedTuple):
     cluster: bytes
 
 
-class Hello(_HelloFields):
+class Hello(_Event, _HelloFields):
     """The peer's validated HELLO; answer it with :meth:`WireProtocol.accept`."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
 class _NoFields(NamedTuple):
     pass
 
 
-class Accept(_NoFields):
+class Accept(_Event, _NoFields):
     """The peer validated our HELLO."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
-class Tick(_NoFields):
+class Tick(_Event, _NoFields):
     """Keepalive: the peer is alive."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
 class _MessageFields(NamedTuple):
@@ -174,57 +168,42 @@ class _MessageFields(NamedTuple):
     payload: bytes
 
 
-class Message(_MessageFields):
+class Message(_Event, _MessageFields):
     """A message for mailbox (receiving node, ``incarnation``, ``serial``); payload is CBOR."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
 class _TargetFields(NamedTuple):
     target: MailboxID
 
 
-class Link(_TargetFields):
+class Link(_Event, _TargetFields):
     """The peer wants :class:`Closed` for ``target`` (a mailbox on this node) when it closes."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
-class Unlink(_TargetFields):
+class Unlink(_Event, _TargetFields):
     """The peer cancels its :class:`Link` on ``target``."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
-class Closed(_TargetFields):
+class Closed(_Event, _TargetFields):
     """``target`` (a mailbox on the peer's node) closed."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
 class _PayloadFields(NamedTuple):
     payload: bytes
 
 
-class Control(_PayloadFields):
+class Control(_Event, _PayloadFields):
     """A registry frame; ``payload`` is CBOR for ``_codec.decode``."""
 
     __slots__ = ()
-    __eq__ = _event_eq  # type: ignore[assignment]
-    __ne__ = _event_ne  # type: ignore[assignment]
-    __hash__ = _event_hash  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------------------------------------
