@@ -470,7 +470,7 @@ class Cluster:
         self.log = structlog.get_logger("reign.cluster").bind(node=node_id)
         self.peers: dict[int, _Peer] = {}
         self.read_view = memoryview(bytearray(READ_BUFFER_BYTES))
-        self.decode_message = _codec.bound_decoder(node._address_for)
+        self.batch_decoder = _codec.BatchDecoder(node._address_for)
         self.dial_slots = asyncio.Semaphore(DIAL_CONCURRENCY)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listener: socket.socket | None = None
@@ -717,26 +717,31 @@ class Cluster:
             peer = conn.peer
             if peer is None:
                 return
-        node = self.node
         node_incarnation = self.incarnation
-        mailboxes = node._mailboxes
-        decode = self.decode_message
+        mailboxes = self.node._mailboxes
         peer.last_heard = conn.last_read
-        delivered = 0
+        values, failure = self.batch_decoder.decode_all(
+            [event.payload for event in events if type(event) is Message]
+        )
+        decoded = len(values)
+        index = 0
         for event in events:
             if type(event) is Message:
-                delivered += 1
+                if index == decoded:
+                    peer.messages_in += index
+                    raise failure  # type: ignore[misc]  # the first payload that did not decode
+                value = values[index]
+                index += 1
                 if event.incarnation != node_incarnation:
                     continue
                 mbox = mailboxes.get(event.serial)
-                if mbox is None:
-                    continue
-                mbox._deliver(decode(event.payload))
+                if mbox is not None:
+                    mbox._deliver(value)
             else:
                 self._handle_control_event(peer, conn, event)
                 if conn.closed:
                     break
-        peer.messages_in += delivered
+        peer.messages_in += index
 
     def _handle_control_event(self, peer: _Peer, conn: _Connection, event: Any) -> None:
         kind = type(event)

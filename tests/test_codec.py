@@ -777,19 +777,27 @@ def test_pooled_decoders_do_not_keep_large_payloads_alive() -> None:
         assert isinstance(stream, io.BytesIO) and len(stream.getbuffer()) < (1 << 20)
 
 
-def test_bound_decoder_matches_decode_and_recovers_after_errors() -> None:
-    from reign._codec import bound_decoder
-
-    made: list[MailboxID] = []
+def test_batch_decoder_matches_decode_and_checks_every_boundary() -> None:
+    from reign._codec import BatchDecoder
 
     def make_address(mid: MailboxID) -> MailboxID:
-        made.append(mid)
         return mid
 
-    decode_bound = bound_decoder(make_address)
-    good = encode({"k": (1, "two", [3.0, None])})
-    assert decode_bound(good) == decode(good, make_address) == {"k": (1, "two", [3.0, None])}
-    for bad in (b"\x82\x01", b"\x01\x02", b"\x9f\x01\xff", b"\xa2\x01\x01\x01\x02"):
-        with pytest.raises(DecodeError):
-            decode_bound(bad)
-        assert decode_bound(good) == {"k": (1, "two", [3.0, None])}  # a fresh decoder took over
+    batch = BatchDecoder(make_address)
+    messages = [{"k": (1, "two", [3.0, None])}, "x" * 5000, (), 2**63, [b"\x00" * 10]]
+    payloads = [encode(m) for m in messages]
+    values, failure = batch.decode_all(payloads)
+    assert failure is None and values == [decode(p, make_address) for p in payloads] == messages
+    good = encode("ok")
+    cases = [
+        [b"\x82\x01", b"\x02"],  # an item that runs into the next payload
+        [b"\x01\x02"],  # trailing bytes
+        [b"\x9f\x01\xff"],  # indefinite length
+        [b"\xa2\x01\x01\x01\x02"],  # duplicate keys
+        [b"\xf7"],  # undefined
+    ]
+    for bad in cases:
+        values, failure = batch.decode_all([good, *bad, good])
+        assert values == ["ok"] and isinstance(failure, DecodeError), bad
+        values, failure = batch.decode_all([good, good])  # a fresh decoder took over
+        assert values == ["ok", "ok"] and failure is None
