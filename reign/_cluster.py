@@ -46,6 +46,7 @@ from . import _codec, _wire
 from ._certs import cluster_identity, node_id_from_certificate
 from ._errors import EncodeError, HandshakeError, ProtocolError, ReignError
 from ._ids import MailboxID
+from ._mailbox import notify_closed
 from ._messages import MailboxClosed
 from ._tls import client_context, server_context
 
@@ -676,9 +677,8 @@ class Cluster:
         )
         watches, peer.watches = peer.watches, {}
         for target, watchers in watches.items():
-            notice = MailboxClosed(target)
             for watcher in watchers:
-                watcher.send(notice)
+                notify_closed(target, watcher)
         mailboxes = self.node._mailboxes
         for serial in peer.linked:
             mbox = mailboxes.get(serial)
@@ -766,10 +766,8 @@ class Cluster:
             peer.linked.discard(target.serial)
         elif kind is _wire.Closed:
             watchers = peer.watches.pop(event.target, None)
-            if watchers:
-                notice = MailboxClosed(event.target)
-                for watcher in watchers:
-                    watcher.send(notice)
+            for watcher in watchers or ():
+                notify_closed(event.target, watcher)
         elif kind is _wire.Control:
             handler = self.control_handler
             if handler is None:
@@ -831,7 +829,7 @@ class Cluster:
     def link(self, target: MailboxID, watcher: Address) -> None:
         peer = self.peers.get(target.node)
         if peer is None or peer.conn is None or target.incarnation != peer.incarnation:
-            watcher.send(MailboxClosed(target))
+            notify_closed(target, watcher)
             return
         watchers = peer.watches.get(target)
         if watchers is None:

@@ -32,7 +32,9 @@ __all__ = ["MailboxID", "parse_mailbox_id", "new_incarnation", "MAX_NODE_ID", "U
 MAX_NODE_ID = 255
 UINT64_LIMIT = 1 << 64
 
-_TEXT_RE = re.compile(r"<(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)>")
+# At most 3 digits for the node and 20 for the others (2**64 has 20): longer text is refused
+# before int() sees it, so no input reaches Python's int-conversion limit.
+_TEXT_RE = re.compile(r"<(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,19})\.(0|[1-9][0-9]{0,19})>")
 _BINARY = struct.Struct(">1sBQQ")
 _BINARY_MAGIC = b"R"
 BINARY_SIZE = _BINARY.size

@@ -48,6 +48,18 @@ class _MatchWaiter:
         self.older = -1
 
 
+def notify_closed(target: MailboxID, watcher: Any) -> None:
+    """Send ``MailboxClosed(target)`` to ``watcher``; a local watcher stops tracking ``target``.
+
+    The one way every close notice is sent (local close, remote CLOSED, node lost, watch on
+    something already gone), so a watcher's ``_watching`` set never keeps a finished watch.
+    """
+    watcher.send(MailboxClosed(target))
+    mbox = getattr(watcher, "_mbox", None)
+    if mbox is not None and mbox._watching:
+        mbox._watching.discard(target)
+
+
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
@@ -59,7 +71,10 @@ class Mailbox:
     Receives are for the node's event loop only. ``close()`` is safe from any thread.
     """
 
-    __slots__ = ("_node", "id", "address", "_queue", "_waiters", "_claims", "_closed", "_watchers", "__weakref__")
+    __slots__ = (
+        "_node", "id", "address", "_queue", "_waiters", "_claims", "_front_marker", "_closed",
+        "_watchers", "_watching", "__weakref__",
+    )
 
     def __init__(self, node: Node, mailbox_id: MailboxID) -> None:
         from ._address import Address
@@ -70,8 +85,10 @@ class Mailbox:
         self._queue: deque[Any] | None = None
         self._waiters: deque[Any] | None = None
         self._claims: list[_MatchWaiter] | None = None
+        self._front_marker: _MatchWaiter | None = None
         self._closed = False
         self._watchers: set[Any] | None = None
+        self._watching: set[MailboxID] | None = None  # targets this mailbox's address watches
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self)} queued"
@@ -84,7 +101,7 @@ class Mailbox:
 
     def __len__(self) -> int:
         q = self._queue
-        return len(q) if q else 0
+        return len(q) if q and not self._closed else 0
 
     # ---------------------------------------------------------------- delivery (loop thread)
 
@@ -168,13 +185,13 @@ class Mailbox:
 
         Raises :class:`reign.Empty` when none is queued, :class:`MailboxClosedError` when closed.
         """
+        if self._closed:
+            raise MailboxClosedError(f"mailbox {self.id} is closed")
         q = self._queue
         if q:
             if self._claims:
                 self._took_at(0)
             return q.popleft()
-        if self._closed:
-            raise MailboxClosedError(f"mailbox {self.id} is closed")
         raise Empty(f"mailbox {self.id} has no message")
 
     async def receive(self, timeout: float | None = None) -> Any:
@@ -185,13 +202,13 @@ class Mailbox:
         the mailbox is closed before or while waiting. Cancelling a waiting receive loses no
         message.
         """
+        if self._closed:
+            raise MailboxClosedError(f"mailbox {self.id} is closed")
         q = self._queue
         if q:
             if self._claims:
                 self._took_at(0)
             return q.popleft()
-        if self._closed:
-            raise MailboxClosedError(f"mailbox {self.id} is closed")
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
         loop = self._node._loop or self._node._bind_loop()
@@ -205,7 +222,7 @@ class Mailbox:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
-                self._put_back(future.result(), 0)
+                self._put_back_at_front(future.result())
             else:
                 self._forget_waiter(future)
             raise
@@ -216,6 +233,25 @@ class Mailbox:
             if timer is not None:
                 timer.cancel()
 
+    def _put_back_at_front(self, msg: Any) -> None:
+        """Requeue a message a cancelled plain receiver held. It arrived when the queue was
+        empty, so it goes before everything queued, but after messages other cancelled plain
+        receivers put back in this loop iteration: their handlers run in hand-out order."""
+        marker = self._front_marker
+        if marker is None:
+            marker = self._front_marker = _MatchWaiter(None, None)  # type: ignore[arg-type]
+            marker.older = 0
+            if self._claims is None:
+                self._claims = []
+            self._claims.append(marker)  # queue operations keep its position right
+            self._node._loop.call_soon(self._drop_front_marker)  # type: ignore[union-attr]
+        self._put_back(msg, marker.older)
+
+    def _drop_front_marker(self) -> None:
+        marker, self._front_marker = self._front_marker, None
+        if marker is not None and self._claims and marker in self._claims:
+            self._claims.remove(marker)
+
     async def receive_match(self, pred: Callable[[Any], object], timeout: float | None = None) -> Any:
         """Wait for the first message for which ``pred(msg)`` is true; the others keep their order.
 
@@ -223,6 +259,8 @@ class Mailbox:
         ``pred`` raises, the exception reaches the caller and the message stays queued.
         Timeouts, closing and cancellation behave as in :meth:`receive`.
         """
+        if self._closed:
+            raise MailboxClosedError(f"mailbox {self.id} is closed")
         q = self._queue
         if q:
             for index, msg in enumerate(q):
@@ -231,8 +269,6 @@ class Mailbox:
                     if self._claims:
                         self._took_at(index)
                     return msg
-        if self._closed:
-            raise MailboxClosedError(f"mailbox {self.id} is closed")
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
         loop = self._node._loop or self._node._bind_loop()
@@ -313,12 +349,14 @@ class Mailbox:
             if not future.done():
                 future.set_exception(MailboxClosedError(f"mailbox {self.id} was closed"))
         watchers, self._watchers = self._watchers, None
+        watching, self._watching = self._watching, None
         object.__setattr__(self.address, "_mbox", None)  # sends now route by id and find nothing
-        self._node._mailbox_closed(self)
-        if watchers:
-            notice = MailboxClosed(self.id)
-            for watcher in watchers:
-                watcher.send(notice)
+        node = self._node
+        node._mailbox_closed(self)
+        for target in watching or ():  # like Erlang: a process's monitors end with it
+            node._unlink(target, self.address)
+        for watcher in watchers or ():
+            notify_closed(self.id, watcher)
 
     # ---------------------------------------------------------------- watchers (loop thread)
 

@@ -25,8 +25,7 @@ import structlog
 
 from ._address import Address
 from ._ids import MAX_NODE_ID, MailboxID, new_incarnation, parse_mailbox_id
-from ._mailbox import Mailbox
-from ._messages import MailboxClosed
+from ._mailbox import Mailbox, notify_closed
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -171,20 +170,28 @@ class Node:
 
     def _link(self, target: MailboxID, watcher: Address) -> None:
         """Register ``watcher`` for the close of ``target`` (loop thread)."""
+        watching = watcher._mbox
+        if watching is not None and not watching._closed:
+            if watching._watching is None:
+                watching._watching = set()
+            watching._watching.add(target)  # unlinked when the watcher closes
         if target.node == self._id:
             mbox = None
             if target.incarnation == self._incarnation:
                 mbox = self._mailboxes.get(target.serial)
             if mbox is None or mbox._closed:
-                watcher.send(MailboxClosed(target))
+                notify_closed(target, watcher)
             else:
                 mbox._add_watcher(watcher)
         elif self._cluster is None:
-            watcher.send(MailboxClosed(target))
+            notify_closed(target, watcher)
         else:
             self._cluster.link(target, watcher)
 
     def _unlink(self, target: MailboxID, watcher: Address) -> None:
+        watching = watcher._mbox
+        if watching is not None and watching._watching:
+            watching._watching.discard(target)
         if target.node == self._id:
             if target.incarnation == self._incarnation:
                 mbox = self._mailboxes.get(target.serial)

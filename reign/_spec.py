@@ -208,8 +208,8 @@ def _expand(template: str, node_id: int) -> str:
 def _check_number(where: str, value: object, low: float, high: float) -> float:
     if (
         type(value) not in (int, float)
+        or not low <= value <= high  # type: ignore[operator]  # before isfinite: 10**400 overflows it
         or not math.isfinite(value)  # type: ignore[arg-type]
-        or not low <= value <= high  # type: ignore[operator]
     ):
         raise _fail(where, f"must be a number >= {low:g} and <= {high:g}, got {_show(value)}")
     return float(value)  # type: ignore[arg-type]

@@ -522,3 +522,51 @@ async def test_cancelled_match_after_cancelled_plain_restores_arrival_order(node
     match.cancel()
     await settle()
     assert [mbox.receive_nowait() for _ in range(len(mbox))] == [(0, 0), (1, 0)]
+
+
+async def test_cancelled_plain_receivers_put_back_in_hand_out_order(node: reign.Node) -> None:
+    # Found in review: both handed a message in one iteration, both cancelled before resuming.
+    addr, mbox = node.new_mailbox()
+    first = asyncio.create_task(mbox.receive())
+    second = asyncio.create_task(mbox.receive())
+    await settle()
+    addr.send("m1")
+    addr.send("m2")
+    addr.send("m3")  # nobody waits for this one: queued
+    first.cancel()
+    second.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert [mbox.receive_nowait() for _ in range(len(mbox))] == ["m1", "m2", "m3"]
+
+
+async def test_close_from_another_thread_wins_over_queued_messages(node: reign.Node) -> None:
+    addr, mbox = node.new_mailbox()
+    addr.send(1)
+    addr.send(2)
+    t = threading.Thread(target=mbox.close)
+    t.start()
+    t.join()
+    assert mbox.closed and len(mbox) == 0  # the discard itself runs on the loop, later
+    with pytest.raises(reign.MailboxClosedError):
+        mbox.receive_nowait()
+    with pytest.raises(reign.MailboxClosedError):
+        await mbox.receive()
+
+
+async def test_a_closed_watcher_is_dropped_from_what_it_watched(node: reign.Node) -> None:
+    server, sbox = node.new_mailbox()
+    for _ in range(100):  # a fresh reply mailbox per request, each monitoring the server
+        reply, rbox = node.new_mailbox()
+        server.on_close_notify(reply)
+        rbox.close()
+    assert not sbox._watchers
+    kept, kbox = node.new_mailbox()
+    server.on_close_notify(kept)
+    sbox.close()
+    assert kbox.receive_nowait() == reign.MailboxClosed(server.id)
+    assert not kbox._watching  # the finished watch is forgotten too
+
+
+async def test_overlong_address_numbers_are_illegal_not_value_errors(node: reign.Node) -> None:
+    with pytest.raises(reign.IllegalAddressFormatError):
+        node.address("<1." + "9" * 5000 + ".1>")

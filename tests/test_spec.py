@@ -495,3 +495,14 @@ def test_load_credentials_verifies_that_they_fit(
         spec.load_credentials(1)
     # verify=False hands the mismatched material over (for tests of peer-side rejection).
     assert spec.load_credentials(1, verify=False) == (pki[cert], pki[key], pki[ca])
+
+
+def test_huge_integer_tuning_value_is_a_spec_error() -> None:
+    # Found in review: math.isfinite(10**400) raised OverflowError.
+    data = {
+        "nodes": [{"id": 1, "address": "127.0.0.1:20000"}],
+        "node_key_pem": "x", "node_cert_pem": "x", "cluster_cert_pem": "x",
+        "net_ticktime": 10**400,
+    }
+    with pytest.raises(ClusterSpecError, match="net_ticktime"):
+        ClusterSpec.from_dict(data)
