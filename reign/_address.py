@@ -103,7 +103,10 @@ class Address:
                 else:
                     queue.append(msg)
         else:
-            node._loop.call_soon_threadsafe(mbox._deliver, msg)  # type: ignore[union-attr]
+            try:
+                node._loop.call_soon_threadsafe(mbox._deliver, msg)  # type: ignore[union-attr]
+            except RuntimeError:  # the node's loop is closed: the node is gone
+                return False
         return True
 
     def on_close_notify(self, watcher: Address) -> None:

@@ -508,6 +508,11 @@ class Cluster:
         self.stopping = True
         for task in list(self.tasks):
             task.cancel()
+        for peer in self.peers.values():
+            conn = peer.conn
+            if conn is not None:
+                conn.flush()  # what is queued (close notices of our mailboxes) still goes out
+                self._peer_down(peer, "this node is stopping", conn)
         for conn in list(self.connections):
             conn.close_gracefully()
         if self.tasks:
@@ -671,7 +676,7 @@ class Cluster:
         peer.state = "down"
         peer.drained.set()
         peer.update_drained()
-        self.log.warning(
+        (self.log.info if self.stopping else self.log.warning)(
             "peer.down", peer=peer.id, reason=reason,
             abandoned_messages=abandoned_frames, abandoned_bytes=abandoned_bytes,
         )
@@ -720,28 +725,39 @@ class Cluster:
         node_incarnation = self.incarnation
         mailboxes = self.node._mailboxes
         peer.last_heard = conn.last_read
-        values, failure = self.batch_decoder.decode_all(
-            [event.payload for event in events if type(event) is Message]
-        )
-        decoded = len(values)
-        index = 0
+        # Only messages for an open mailbox of this incarnation are decoded (a message for a
+        # closed one is dropped unread, as before the batch decoder); targets are fixed here.
+        targets: list[Any] = []
+        payloads: list[bytes] = []
+        received = 0
         for event in events:
             if type(event) is Message:
-                if index == decoded:
-                    peer.messages_in += index
-                    raise failure  # type: ignore[misc]  # the first payload that did not decode
-                value = values[index]
-                index += 1
-                if event.incarnation != node_incarnation:
-                    continue
-                mbox = mailboxes.get(event.serial)
+                received += 1
+                mbox = mailboxes.get(event.serial) if event.incarnation == node_incarnation else None
+                targets.append(mbox)
                 if mbox is not None:
-                    mbox._deliver(value)
+                    payloads.append(event.payload)
+        peer.messages_in += received
+        if payloads:
+            values, failure = self.batch_decoder.decode_all(payloads)
+        else:
+            values, failure = [], None
+        decoded = len(values)
+        message_index = value_index = 0
+        for event in events:
+            if type(event) is Message:
+                mbox = targets[message_index]
+                message_index += 1
+                if mbox is None:
+                    continue
+                if value_index == decoded:
+                    raise failure  # type: ignore[misc]  # the first payload that did not decode
+                mbox._deliver(values[value_index])
+                value_index += 1
             else:
                 self._handle_control_event(peer, conn, event)
                 if conn.closed:
                     break
-        peer.messages_in += index
 
     def _handle_control_event(self, peer: _Peer, conn: _Connection, event: Any) -> None:
         kind = type(event)
@@ -783,7 +799,7 @@ class Cluster:
     def route(self, mailbox_id: MailboxID, msg: Any) -> bool:
         """Encode ``msg`` (in the caller's thread) and queue it for the target's node."""
         peer = self.peers.get(mailbox_id.node)
-        if peer is None:
+        if peer is None or self.stopping:
             return False
         known = peer.incarnation
         if known is not None and mailbox_id.incarnation < known:
@@ -810,9 +826,12 @@ class Cluster:
                 conn.flush_scheduled = True
                 self.loop.call_soon(conn.flush)
             return True
-        self.loop.call_soon_threadsafe(
-            peer.send_message, mailbox_id.incarnation, mailbox_id.serial, payload
-        )
+        try:
+            self.node._loop.call_soon_threadsafe(  # type: ignore[union-attr]
+                peer.send_message, mailbox_id.incarnation, mailbox_id.serial, payload
+            )
+        except RuntimeError:  # the node's loop is closed: the node is gone
+            return False
         return True
 
     def send_control(self, peer_id: int, payload: Any) -> bool:

@@ -215,7 +215,10 @@ class Node:
         if thread_id is None or thread_id == get_ident():
             fn(*args)
         else:
-            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+            try:
+                self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+            except RuntimeError:  # the loop is closed: the node and its mailboxes are gone
+                pass
 
     # ---------------------------------------------------------------- cluster introspection
 

@@ -142,3 +142,25 @@ class ChildNode:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+async def raw_peer(spec_path: Path, as_node: int, to: Any, incarnation: int = 7) -> tuple[Any, Any, Any]:
+    """A hand-driven authenticated peer: real TLS with ``as_node``'s certificate to node ``to``
+    (a started reign.Node), HELLO and ACCEPT done. Returns ``(reader, writer, wire)`` where
+    ``wire`` is the peer's own ``reign._wire.WireProtocol`` for crafting frames."""
+    from reign import ClusterSpec, _wire
+    from reign._certs import cluster_identity
+    from reign._tls import client_context
+
+    cert, key, ca = ClusterSpec.load(spec_path).load_credentials(as_node)
+    host, port = to._cluster.me.listen_address
+    reader, writer = await asyncio.open_connection(host, port, ssl=client_context(cert, key, ca))
+    wire = _wire.WireProtocol(local_node=as_node, local_incarnation=incarnation,
+                              cluster_id=cluster_identity(ca), expected_peer=to.id)
+    writer.write(wire.hello())
+    events: list[Any] = []
+    while len(events) < 2:  # the node's HELLO and ACCEPT
+        events += wire.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+    writer.write(wire.accept())
+    await wait_for(lambda: to.statistics().peers[as_node].state == "up")
+    return reader, writer, wire

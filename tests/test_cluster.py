@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 import reign
 from reign import _wire
 
-from cluster_util import CA, make_cluster, wait_connected, wait_for, write_spec
+from cluster_util import CA, make_cluster, raw_peer, wait_connected, wait_for
 
 
 @reign.register_type(name="test.Chat")
@@ -318,23 +318,7 @@ async def test_junk_and_stalled_handshakes_do_not_disturb(spec3: Path) -> None:
 async def test_oversized_frame_closes_only_that_connection(spec3: Path, tmp_path: Path) -> None:
     """An authenticated peer (node 1's real certificate) announces a 2**31-byte frame."""
     async with reign.create_from_spec_file(spec3, 2) as n2:
-        host, port = n2._cluster.me.listen_address
-        spec = reign.ClusterSpec.load(spec3)
-        cert, key, ca = spec.load_credentials(1)
-        from reign._certs import cluster_identity
-        from reign._tls import client_context
-
-        ctx = client_context(cert, key, ca)
-        reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
-        wire = _wire.WireProtocol(local_node=1, local_incarnation=7, cluster_id=cluster_identity(ca),
-                                  expected_peer=2)
-        writer.write(wire.hello())
-        await writer.drain()
-        events = []
-        while len(events) < 2:
-            events += wire.receive_data(await asyncio.wait_for(reader.read(65536), 10))
-        writer.write(wire.accept())
-        await wait_for(lambda: n2.statistics().peers[1].state == "up")
+        reader, writer, _ = await raw_peer(spec3, 1, n2)
         with capture_logs() as logs:
             writer.write((2**31).to_bytes(4, "big") + bytes([_wire.FrameType.MESSAGE]))
             await writer.drain()
@@ -351,21 +335,7 @@ async def test_oversized_frame_closes_only_that_connection(spec3: Path, tmp_path
 async def test_silent_peer_is_declared_down_by_ticks(tmp_path: Path) -> None:
     spec_path = make_cluster(tmp_path, [1, 2], net_ticktime=1)
     async with reign.create_from_spec_file(spec_path, 2) as n2:
-        host, port = n2._cluster.me.listen_address
-        spec = reign.ClusterSpec.load(spec_path)
-        cert, key, ca = spec.load_credentials(1)
-        from reign._certs import cluster_identity
-        from reign._tls import client_context
-
-        reader, writer = await asyncio.open_connection(host, port, ssl=client_context(cert, key, ca))
-        wire = _wire.WireProtocol(local_node=1, local_incarnation=7, cluster_id=cluster_identity(ca),
-                                  expected_peer=2)
-        writer.write(wire.hello())
-        events = []
-        while len(events) < 2:
-            events += wire.receive_data(await asyncio.wait_for(reader.read(65536), 10))
-        writer.write(wire.accept())
-        await wait_for(lambda: n2.statistics().peers[1].state == "up")
+        reader, writer, _ = await raw_peer(spec_path, 1, n2)
         watcher, wbox = n2.new_mailbox()
         n2.address("<1.7.1>").on_close_notify(watcher)
         # we now say nothing at all (no ticks): node 2 must notice within ~net_ticktime
@@ -406,3 +376,44 @@ async def test_wait_drained_without_timeout_returns_after_a_large_burst(spec3: P
             await n1.wait_drained(2)
         for _ in range(1100):
             assert await m2.receive(timeout=20) == b"q" * 4096
+
+
+async def test_stop_ends_pending_sync_and_later_sends_are_refused(spec3: Path) -> None:
+    # Found in review: sync() waited forever across stop(), and sends after stop piled up.
+    n1 = reign.create_from_spec_file(spec3, 1)
+    n2 = reign.create_from_spec_file(spec3, 2)
+    events: list[tuple[int, bool]] = []
+    n1.add_connection_status_callback(lambda node_id, up: events.append((node_id, up)))
+    await n1.start()
+    await n2.start()
+    try:
+        await wait_connected([n1, n2])
+        a2, _ = n2.new_mailbox()
+        remote = n1.address(str(a2))
+        n2._cluster.control_handler = lambda peer, payload: None  # node 2 never answers syncs
+        waiter = asyncio.ensure_future(n1.names.sync(timeout=None))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await n1.stop()
+        await asyncio.wait_for(waiter, 5)  # the peers are gone: nothing left to wait for
+        assert (2, False) in events
+        assert [remote.send(i) for i in range(3)] == [False] * 3
+        assert n1.statistics().peers[2].queued_messages == 0
+    finally:
+        await n1.stop()
+        await n2.stop()
+
+
+async def test_undecodable_message_for_a_closed_mailbox_is_dropped_unread(spec3: Path) -> None:
+    # Review: the batch decoder must not turn a message for a gone mailbox into a lost link.
+    async with reign.create_from_spec_file(spec3, 2) as n2:
+        reader, writer, wire = await raw_peer(spec3, 1, n2)
+        gone, gone_box = n2.new_mailbox()
+        live, live_box = n2.new_mailbox()
+        gone_box.close()
+        writer.write(wire.message(gone.id, b"\xff\xff garbage") + wire.message(live.id, b"\x05"))
+        assert await live_box.receive(timeout=10) == 5
+        assert n2.statistics().peers[1].state == "up"
+        writer.write(wire.message(live.id, b"\xff\xff garbage"))  # to a live one: protocol error
+        await wait_for(lambda: n2.statistics().peers[1].state == "down")
+        writer.close()
