@@ -113,8 +113,11 @@ class Address:
         """Ask for ``MailboxClosed(self.id)`` to be sent to ``watcher`` once this mailbox closes.
 
         Like Erlang's ``monitor``: the notice comes at once if the target is already closed,
-        unknown, from an earlier incarnation, or on a node that is not connected; and when the
-        target's node is lost. Registering the same watcher twice gives one notice. Thread-safe.
+        unknown, from an earlier incarnation, or on a node that is lost; and when the target's
+        node is lost later. A watch on a node this node has never been connected to yet waits
+        for that first connection (the mesh may still be forming). Registering the same watcher
+        twice gives one notice. When the watcher's own mailbox closes, its watches end.
+        Thread-safe.
         """
         if type(watcher) is not Address:
             raise TypeError(f"watcher must be an Address, not {type(watcher).__name__}")

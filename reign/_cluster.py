@@ -653,6 +653,13 @@ class Cluster:
         peer.connects += 1
         peer.last_heard = self.loop.time()
         peer.flush_pending()
+        for target, watchers in list(peer.watches.items()):  # watches made before first contact
+            if target.incarnation == new_incarnation:
+                conn.write(conn.wire.link(target))
+            else:
+                del peer.watches[target]
+                for watcher in watchers:
+                    notify_closed(target, watcher)
         self.log.info("peer.up", peer=peer.id, incarnation=new_incarnation, remote=conn.remote,
                       restarted=restarted)
         if not conn.established.done():
@@ -847,6 +854,11 @@ class Cluster:
 
     def link(self, target: MailboxID, watcher: Address) -> None:
         peer = self.peers.get(target.node)
+        if peer is not None and peer.state == "connecting":
+            # Never connected yet (the mesh is forming): like Erlang's auto-connect, the watch
+            # waits for the connection and is sent (or answered) in connection_established.
+            peer.watches.setdefault(target, set()).add(watcher)
+            return
         if peer is None or peer.conn is None or target.incarnation != peer.incarnation:
             notify_closed(target, watcher)
             return

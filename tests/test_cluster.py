@@ -417,3 +417,27 @@ async def test_undecodable_message_for_a_closed_mailbox_is_dropped_unread(spec3:
         writer.write(wire.message(live.id, b"\xff\xff garbage"))  # to a live one: protocol error
         await wait_for(lambda: n2.statistics().peers[1].state == "down")
         writer.close()
+
+
+async def test_watch_made_before_the_first_connection_waits_for_it(spec3: Path) -> None:
+    # Review: a monitor set up while the mesh forms fired at once for a live mailbox.
+    n2 = reign.create_from_spec_file(spec3, 2)
+    await n2.start()
+    n1 = reign.create_from_spec_file(spec3, 1)
+    try:
+        target, tbox = n2.new_mailbox()
+        stale = reign.MailboxID(2, n2.incarnation - 1, 1)
+        watcher, wbox = n1.new_mailbox()
+        n1.address(str(target)).on_close_notify(watcher)  # node 1 has not even started
+        n1.address(str(stale)).on_close_notify(watcher)
+        assert len(wbox) == 0
+        await n1.start()
+        await wait_connected([n1, n2])
+        assert await wbox.receive(timeout=10) == reign.MailboxClosed(stale)  # other incarnation
+        await asyncio.sleep(0.1)
+        assert len(wbox) == 0  # the live one is still watched, not reported closed
+        tbox.close()
+        assert await wbox.receive(timeout=10) == reign.MailboxClosed(target.id)
+    finally:
+        await n1.stop()
+        await n2.stop()
