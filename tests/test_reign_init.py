@@ -432,3 +432,9 @@ def test_unreadable_existing_file_is_an_error(tmp_path: Path, initialized: Path)
     (certs / "reign_node.1.key").mkdir()  # a folder where a key should be
     line = fails(cwd=tmp_path, process=False)
     assert "cannot read" in line and "reign_node.1.key" in line
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs, where nobody may create folders")
+def test_unwritable_location_is_an_error_even_for_root(tmp_path: Path) -> None:
+    # The chmod test above cannot run as root (CI); sysfs refuses mkdir to everyone.
+    assert "cannot create directory" in fails("--dir", "/sys/reign-init-test", cwd=tmp_path)
