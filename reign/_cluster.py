@@ -57,8 +57,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Cluster", "PeerStatistics"]
 
-_message_header = _wire.message_header
-_MESSAGE_OVERHEAD = _wire.MESSAGE_OVERHEAD
+_encode = _codec.encode
+_pack_message_header = _wire._MESSAGE_HEADER.pack  # (length, type, incarnation, serial)
+_MESSAGE_HEADER_LENGTH = _wire.MESSAGE_OVERHEAD - 4  # the length field counts type + ids
+_MESSAGE_TYPE = int(_wire.FrameType.MESSAGE)
 
 _log = structlog.get_logger("reign.cluster")
 
@@ -265,7 +267,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.peer: _Peer | None = None
         self.view = cluster.read_view
         self.out: list[bytes] = []
-        self.unwritten_bytes = 0
         self.unwritten_messages = 0
         self.flush_scheduled = False
         self.last_write = self.loop.time()
@@ -354,7 +355,6 @@ class _Connection(asyncio.BufferedProtocol):
 
     def write(self, frame: bytes) -> None:
         self.out.append(frame)
-        self.unwritten_bytes += len(frame)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -363,7 +363,6 @@ class _Connection(asyncio.BufferedProtocol):
         out = self.out
         out.append(_wire.message_header(incarnation, serial, len(payload)))
         out.append(payload)
-        self.unwritten_bytes += len(payload) + _wire.MESSAGE_OVERHEAD
         self.unwritten_messages += 1
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -375,7 +374,6 @@ class _Connection(asyncio.BufferedProtocol):
             return
         data = b"".join(self.out)
         self.out = []
-        self.unwritten_bytes = 0
         self.unwritten_messages = 0
         try:
             self.transport.write(data)  # type: ignore[union-attr]
@@ -388,6 +386,11 @@ class _Connection(asyncio.BufferedProtocol):
             # The TLS transport may never pause/resume us (it hands bytes straight to the
             # socket transport), so a waiter must be re-evaluated after every flush.
             peer.update_drained()
+
+    @property
+    def unwritten_bytes(self) -> int:
+        """Bytes queued for this loop iteration's write (computed: the hot path counts nothing)."""
+        return sum(map(len, self.out))
 
     def transport_buffer(self) -> int:
         transport = self.transport
@@ -678,7 +681,7 @@ class Cluster:
         abandoned_frames = conn.unwritten_messages
         abandoned_bytes = conn.unwritten_bytes + conn.transport_buffer()
         conn.out = []
-        conn.unwritten_bytes = conn.unwritten_messages = 0
+        conn.unwritten_messages = 0
         peer.conn = None
         peer.state = "down"
         peer.drained.set()
@@ -811,10 +814,11 @@ class Cluster:
         known = peer.incarnation
         if known is not None and mailbox_id.incarnation < known:
             return False
-        payload = _codec.encode(msg)
-        if len(payload) > self.max_message_bytes:
+        payload = _encode(msg)
+        size = len(payload)
+        if size > self.max_message_bytes:
             raise EncodeError(
-                f"message encodes to {len(payload)} bytes, over max_message_bytes "
+                f"message encodes to {size} bytes, over max_message_bytes "
                 f"({self.max_message_bytes})"
             )
         thread_id = self.node._thread_id
@@ -824,9 +828,10 @@ class Cluster:
                 return peer.send_message(mailbox_id.incarnation, mailbox_id.serial, payload)
             # Hot path (the peer is up, on the loop thread): _Connection.write_message inlined.
             out = conn.out
-            out.append(_message_header(mailbox_id.incarnation, mailbox_id.serial, len(payload)))
+            out.append(_pack_message_header(
+                size + _MESSAGE_HEADER_LENGTH, _MESSAGE_TYPE, mailbox_id.incarnation, mailbox_id.serial
+            ))
             out.append(payload)
-            conn.unwritten_bytes += len(payload) + _MESSAGE_OVERHEAD
             conn.unwritten_messages += 1
             peer.messages_out += 1
             if not conn.flush_scheduled:
