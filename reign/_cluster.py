@@ -58,9 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["Cluster", "PeerStatistics"]
 
 _encode = _codec.encode
-_pack_message_header = _wire._MESSAGE_HEADER.pack  # (length, type, incarnation, serial)
-_MESSAGE_HEADER_LENGTH = _wire.MESSAGE_OVERHEAD - 4  # the length field counts type + ids
-_MESSAGE_TYPE = int(_wire.FrameType.MESSAGE)
+_message_header = _wire.message_header
 
 _log = structlog.get_logger("reign.cluster")
 
@@ -361,7 +359,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def write_message(self, incarnation: int, serial: int, payload: bytes) -> None:
         out = self.out
-        out.append(_wire.message_header(incarnation, serial, len(payload)))
+        out.append(_message_header(incarnation, serial, len(payload)))
         out.append(payload)
         self.unwritten_messages += 1
         if not self.flush_scheduled:
@@ -610,7 +608,10 @@ class Cluster:
             sock.setblocking(False)
             if local:
                 sock.bind((local, 0))
-            await asyncio.wait_for(self.loop.sock_connect(sock, addr), CONNECT_TIMEOUT)
+            try:
+                await asyncio.wait_for(self.loop.sock_connect(sock, addr), CONNECT_TIMEOUT)
+            except TimeoutError:
+                raise ConnectionError(f"connect timed out after {CONNECT_TIMEOUT:g} s") from None
             await self.loop.create_connection(
                 factory, sock=sock, ssl=self.client_ssl, server_hostname=host,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
@@ -823,21 +824,7 @@ class Cluster:
             )
         thread_id = self.node._thread_id
         if thread_id == get_ident() or thread_id is None:
-            conn = peer.conn
-            if conn is None or mailbox_id.incarnation != known:
-                return peer.send_message(mailbox_id.incarnation, mailbox_id.serial, payload)
-            # Hot path (the peer is up, on the loop thread): _Connection.write_message inlined.
-            out = conn.out
-            out.append(_pack_message_header(
-                size + _MESSAGE_HEADER_LENGTH, _MESSAGE_TYPE, mailbox_id.incarnation, mailbox_id.serial
-            ))
-            out.append(payload)
-            conn.unwritten_messages += 1
-            peer.messages_out += 1
-            if not conn.flush_scheduled:
-                conn.flush_scheduled = True
-                self.loop.call_soon(conn.flush)
-            return True
+            return peer.send_message(mailbox_id.incarnation, mailbox_id.serial, payload)
         try:
             self.node._loop.call_soon_threadsafe(  # type: ignore[union-attr]
                 peer.send_message, mailbox_id.incarnation, mailbox_id.serial, payload
@@ -853,9 +840,6 @@ class Cluster:
             return False
         peer.conn.write(peer.conn.wire.control(_codec.encode(payload)))
         return True
-
-    def up_peers(self) -> list[int]:
-        return [peer.id for peer in self.peers.values() if peer.conn is not None]
 
     def link(self, target: MailboxID, watcher: Address) -> None:
         peer = self.peers.get(target.node)
@@ -931,6 +915,4 @@ def _tls_reason(exc: BaseException) -> str:
         return f"{exc.reason}: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return "TLS handshake timed out"
     return str(exc) or type(exc).__name__
