@@ -6,22 +6,20 @@ limits, CPU pinning and RSS readings.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
-import socket
 import statistics
 import sys
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from reign import _certs  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+# Throwaway CA, certificates and a spec on free loopback ports: the same helpers the tests use.
+from cluster_util import free_ports, make_cluster  # noqa: E402, F401
 
 
 def quiet_logs() -> None:
@@ -29,43 +27,6 @@ def quiet_logs() -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on 127.0.0.1 (closed again, so free for a moment)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def make_cluster(folder: Path, ids: Iterable[int], **tuning: Any) -> Path:
-    """A CA, a certificate per node and a cluster.json in ``folder``; returns the spec path."""
-    ids = list(ids)
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_cert, ca_key = _certs.create_ca("reign-bench")
-    (folder / "reign_ca.crt").write_bytes(ca_cert)
-    for i in ids:
-        cert, key = _certs.create_node_certificate(ca_cert, ca_key, i)
-        (folder / f"reign_node.{i}.crt").write_bytes(cert)
-        (folder / f"reign_node.{i}.key").write_bytes(key)
-    ports = free_ports(len(ids))
-    spec = {
-        "nodes": [{"id": i, "address": f"127.0.0.1:{p}"} for i, p in zip(ids, ports)],
-        "node_key_path": "reign_node.%d.key",
-        "node_cert_path": "reign_node.%d.crt",
-        "cluster_cert_path": "reign_ca.crt",
-        **tuning,
-    }
-    path = folder / "cluster.json"
-    path.write_text(json.dumps(spec, indent=1))
-    return path
 
 
 def raise_fd_limit(wanted: int | None = None) -> int:
