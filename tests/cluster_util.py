@@ -164,3 +164,15 @@ async def raw_peer(spec_path: Path, as_node: int, to: Any, incarnation: int = 7)
     writer.write(wire.accept())
     await wait_for(lambda: to.statistics().peers[as_node].state == "up")
     return reader, writer, wire
+
+
+def drain(mbox: Any) -> list[object]:
+    """Every message queued in ``mbox`` right now, oldest first."""
+    from reign import Empty
+
+    out = []
+    while True:
+        try:
+            out.append(mbox.receive_nowait())
+        except Empty:
+            return out

@@ -10,17 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
+from cluster_util import drain
+
 import reign
 from reign._names import MAX_NAME_BYTES
-
-
-def drain(mbox: reign.Mailbox) -> list[object]:
-    out = []
-    while True:
-        try:
-            out.append(mbox.receive_nowait())
-        except reign.Empty:
-            return out
 
 
 async def test_register_lookup_seen_and_unregister() -> None:

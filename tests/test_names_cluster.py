@@ -18,10 +18,7 @@ from structlog.testing import capture_logs
 import reign
 from reign._names import MAX_NAME_BYTES
 
-try:
-    from .cluster_util import ROOT, make_cluster, wait_connected, wait_for
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from cluster_util import ROOT, make_cluster, wait_connected, wait_for  # type: ignore[no-redef]
+from cluster_util import ROOT, drain, make_cluster, wait_connected, wait_for
 
 #: How long to keep listening for a duplicate notice after the expected ones arrived.
 SETTLE = 0.3
@@ -48,15 +45,6 @@ async def running(spec: Path, ids: list[int]) -> AsyncIterator[list[reign.Node]]
 async def sync_all(nodes: list[reign.Node]) -> None:
     for node in nodes:
         await node.names.sync(timeout=10)
-
-
-def drain(mbox: reign.Mailbox) -> list[object]:
-    out = []
-    while True:
-        try:
-            out.append(mbox.receive_nowait())
-        except reign.Empty:
-            return out
 
 
 async def settled(mbox: reign.Mailbox) -> list[object]:
