@@ -46,7 +46,8 @@ def _feed(wire: Any, chunks: list[bytes]) -> tuple[list[Any], str | None]:
     events: list[Any] = []
     try:
         for chunk in chunks:
-            events += wire.receive_data(chunk)
+            for event in wire.receive_data(chunk):  # runs of messages expanded, to compare
+                events.extend(event.messages() if hasattr(event, "messages") else [event])
     except ProtocolError as exc:
         return events, f"{type(exc).__name__}: {exc}"
     return events, None

@@ -709,7 +709,6 @@ class Cluster:
     # ------------------------------------------------------------ inbound frames
 
     def handle_events(self, conn: _Connection, events: list[Any]) -> None:
-        Message = _wire.Message
         peer = conn.peer
         if peer is None:
             # Handshake frames: the peer's HELLO (answered with our ACCEPT) and its ACCEPT,
@@ -733,42 +732,45 @@ class Cluster:
             peer = conn.peer
             if peer is None:
                 return
-        node_incarnation = self.incarnation
-        mailboxes = self.node._mailboxes
         peer.last_heard = conn.last_read
-        # Only messages for an open mailbox of this incarnation are decoded (a message for a
-        # closed one is dropped unread, as before the batch decoder); targets are fixed here.
-        targets: list[Any] = []
-        payloads: list[bytes] = []
-        received = 0
+        Messages = _wire.Messages
         for event in events:
-            if type(event) is Message:
-                received += 1
-                mbox = mailboxes.get(event.serial) if event.incarnation == node_incarnation else None
-                targets.append(mbox)
-                if mbox is not None:
-                    payloads.append(event.payload)
-        peer.messages_in += received
-        if payloads:
-            values, failure = self.batch_decoder.decode_all(payloads)
-        else:
-            values, failure = [], None
-        decoded = len(values)
-        message_index = value_index = 0
-        for event in events:
-            if type(event) is Message:
-                mbox = targets[message_index]
-                message_index += 1
-                if mbox is None:
-                    continue
-                if value_index == decoded:
-                    raise failure  # type: ignore[misc]  # the first payload that did not decode
-                mbox._deliver(values[value_index])
-                value_index += 1
+            if type(event) is Messages:
+                self._deliver_messages(peer, event)
             else:
                 self._handle_control_event(peer, conn, event)
                 if conn.closed:
                     break
+
+    def _deliver_messages(self, peer: _Peer, run: _wire.Messages) -> None:
+        """Decode and deliver a run of messages, in order.
+
+        Only messages for an open mailbox of this incarnation are decoded (one for a closed
+        mailbox is dropped unread). A payload that does not decode raises DecodeError after
+        the messages before it were delivered; the caller drops the connection.
+        """
+        frames = run.frames
+        peer.messages_in += len(frames)
+        node_incarnation = self.incarnation
+        mailboxes = self.node._mailboxes
+        decoder = self.batch_decoder
+        decode_at = decoder.start(run.data)
+        try:
+            for incarnation, serial, start, end in frames:
+                if incarnation != node_incarnation:
+                    continue
+                mbox = mailboxes.get(serial)
+                if mbox is None:
+                    continue
+                msg = decode_at(start, end)
+                # Mailbox._deliver's common case inline: nobody waiting, queue exists, open.
+                queue = mbox._queue
+                if queue is None or mbox._waiters or mbox._closed:
+                    mbox._deliver(msg)
+                else:
+                    queue.append(msg)
+        finally:
+            decoder.finish()
 
     def _handle_control_event(self, peer: _Peer, conn: _Connection, event: Any) -> None:
         kind = type(event)

@@ -78,6 +78,7 @@ __all__ = [
     "Hello",
     "Accept",
     "Message",
+    "Messages",
     "Link",
     "Unlink",
     "Closed",
@@ -169,9 +170,44 @@ class _MessageFields(NamedTuple):
 
 
 class Message(_Event, _MessageFields):
-    """A message for mailbox (receiving node, ``incarnation``, ``serial``); payload is CBOR."""
+    """A message for mailbox (receiving node, ``incarnation``, ``serial``); payload is CBOR.
+
+    :meth:`WireProtocol.receive_data` reports messages as :class:`Messages` runs;
+    :meth:`Messages.messages` gives them in this form.
+    """
 
     __slots__ = ()
+
+
+class Messages:
+    """A run of consecutive MESSAGE frames from one :meth:`WireProtocol.receive_data` call.
+
+    ``frames`` lists each message as ``(incarnation, serial, start, end)``; its CBOR payload is
+    ``data[start:end]``. ``data`` is one immutable copy of the call's complete frames, shared by
+    every run of that call, so no payload is copied out on its own: the connector decodes each
+    one in place. Compares equal to another run with the same messages.
+    """
+
+    __slots__ = ("data", "frames")
+
+    def __init__(self, data: bytes, frames: list[tuple[int, int, int, int]]) -> None:
+        self.data = data
+        self.frames = frames
+
+    def messages(self) -> list[Message]:
+        """The run as :class:`Message` events, payloads copied out."""
+        data = self.data
+        return [Message(inc, serial, data[start:end]) for inc, serial, start, end in self.frames]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Messages:
+            return NotImplemented
+        return self.messages() == other.messages()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Messages({self.messages()!r})"
 
 
 class _TargetFields(NamedTuple):
@@ -212,7 +248,6 @@ class Control(_Event, _PayloadFields):
 _HEADER = struct.Struct(">IB")
 _LENGTH = struct.Struct(">I")
 _MESSAGE_HEADER = struct.Struct(">IBQQ")
-_INCARNATION_SERIAL = struct.Struct(">QQ")
 _ID_SIZE = BINARY_SIZE  # bytes(mid), the binary form documented in _ids (18 bytes)
 _HELLO_KEYS = frozenset({"v", "node", "inc", "cluster"})
 
@@ -398,10 +433,12 @@ class WireProtocol:
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Buffer ``data`` and return the events of every complete frame, in order.
 
-        Raises :class:`ProtocolError` (or :class:`DecodeError`/:class:`HandshakeError`) on any
-        violation, as soon as the offending header arrives when the header alone shows it
-        (length, type, state, body size); the object is then failed. Events of frames before
-        the bad one in the same call are lost with it: the connection is closed anyway.
+        Consecutive MESSAGE frames come as one :class:`Messages` event; every other frame is
+        one event of its own type. Raises :class:`ProtocolError` (or
+        :class:`DecodeError`/:class:`HandshakeError`) on any violation, as soon as the offending
+        header arrives when the header alone shows it (length, type, state, body size); the
+        object is then failed. Events of frames before the bad one in the same call are lost
+        with it: the connection is closed anyway.
         """
         if self._state == "failed":
             self._check_alive()
@@ -417,29 +454,43 @@ class WireProtocol:
         append = events.append
         max_frame = self._max_frame
         unpack_header = _HEADER.unpack_from
-        unpack_ids = _INCARNATION_SERIAL.unpack_from
-        new = tuple.__new__
+        unpack_message = _MESSAGE_HEADER.unpack_from
         established = self._state == "established"
+        runs: list[Messages] = []
+        frames: list[tuple[int, int, int, int]] | None = None
         view = memoryview(buf)
         try:
             while end - pos >= 5:
-                n, frame_type = unpack_header(buf, pos)
+                if end - pos >= 21:  # room for a MESSAGE header: read it all at once
+                    n, frame_type, incarnation, serial = unpack_message(buf, pos)
+                else:
+                    n, frame_type = unpack_header(buf, pos)
+                    incarnation = serial = 0
                 frame_end = pos + 4 + n
                 if frame_type == 3 and established and 17 <= n <= max_frame:
                     if frame_end > end:
                         break
-                    incarnation, serial = unpack_ids(buf, pos + 5)
-                    append(new(Message, (incarnation, serial, view[pos + 21 : frame_end].tobytes())))
+                    if frames is None:
+                        frames = []
+                        run = Messages(b"", frames)
+                        runs.append(run)
+                        append(run)
+                    frames.append((incarnation, serial, pos + 21, frame_end))
                 else:
                     self._check_header(n, frame_type)
                     if frame_end > end:
                         break
                     append(self._frame(frame_type, view[pos + 5 : frame_end]))
+                    frames = None
                     established = self._state == "established"
                 pos = frame_end
             else:
                 if end - pos == 4:
                     self._check_length(_LENGTH.unpack_from(buf, pos)[0])
+            if runs:
+                snapshot = view[:pos].tobytes()
+                for run in runs:
+                    run.data = snapshot
         finally:
             view.release()
         del buf[:pos]  # cheap: a bytearray drops a prefix by moving its start
@@ -487,9 +538,8 @@ class WireProtocol:
             self._got_accept = True
             self._state = "established"
             return Accept()
-        if frame_type == 3:  # MESSAGE outside receive_data's fast path
-            incarnation, serial = _INCARNATION_SERIAL.unpack_from(body, 0)
-            return Message(incarnation, serial, body[16:].tobytes())
+        if frame_type == 3:  # pragma: no cover - a MESSAGE that passed _check_header is fast-pathed
+            raise AssertionError("MESSAGE frames are parsed in receive_data")
         if frame_type == 7:
             return Tick()
         if frame_type == 8:

@@ -777,6 +777,57 @@ def test_pooled_decoders_do_not_keep_large_payloads_alive() -> None:
         assert isinstance(stream, io.BytesIO) and len(stream.getbuffer()) < (1 << 20)
 
 
+def test_batch_decoder_decodes_in_place_between_foreign_bytes() -> None:
+    """Payloads are decoded at their offsets; bytes between them (frame headers) are never
+    read, even ones that look like simple values, while a payload holding one is refused."""
+    from reign._codec import BatchDecoder
+
+    batch = BatchDecoder(lambda mid: mid)
+    header = b"\xf7\xf8\xe0" * 7  # what would be 'undefined' and simple values in a payload
+    values = [{"seq": 0xF7F8}, ("x", -1), [0xE0, b"\xf7"], "\u00f7"]
+    data = b""
+    spans = []
+    for value in values:
+        data += header
+        payload = encode(value)
+        spans.append((len(data), len(data) + len(payload)))
+        data += payload
+    decode_at = batch.start(data)
+    assert [decode_at(start, end) for start, end in spans] == values
+    batch.finish()
+    bad = header + b"\x82\x01\xf7" + header  # [1, undefined]
+    decode_at = batch.start(bad)
+    with pytest.raises(DecodeError, match="simple values"):
+        decode_at(len(header), len(header) + 3)
+    batch.finish()
+
+
+def test_batch_decoder_reuses_addresses_but_keeps_their_checks() -> None:
+    from reign._codec import ADDRESS_CACHE_SIZE, BatchDecoder
+
+    made: list[MailboxID] = []
+
+    def make(mid: MailboxID) -> tuple[str, MailboxID]:
+        made.append(mid)
+        return ("address", mid)
+
+    batch = BatchDecoder(make)
+    mid = MailboxID(3, 2**40, 77)
+    payload = encode((make_address(mid), 1))
+    first, _ = batch.decode_all([payload])
+    second, _ = batch.decode_all([payload])
+    assert first[0][0] is second[0][0] and made == [mid]  # built once, then reused
+    # the same id with a float part hashes like the cached key: still refused
+    forged = payload.replace(b"\x18\x03", b"\xf9\x42\x00", 1)  # node 3 -> half-float 3.0
+    values, failure = batch.decode_all([forged])
+    assert values == [] and isinstance(failure, DecodeError)
+    # bounded: past ADDRESS_CACHE_SIZE ids the cache starts over
+    payloads = [encode(make_address(MailboxID(3, 1, n))) for n in range(ADDRESS_CACHE_SIZE + 10)]
+    values, failure = batch.decode_all(payloads)
+    assert failure is None and [v[1].serial for v in values] == list(range(ADDRESS_CACHE_SIZE + 10))
+    assert len(batch._decoder.addresses) <= ADDRESS_CACHE_SIZE
+
+
 def test_batch_decoder_matches_decode_and_checks_every_boundary() -> None:
     from reign._codec import BatchDecoder
 

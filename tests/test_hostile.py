@@ -448,7 +448,16 @@ def _receive_path(chunks: list[bytes]) -> tuple[list[Any], str | None]:
     try:
         for chunk in chunks:
             for event in receiver.receive_data(chunk):
-                if type(event) in (_wire.Message, _wire.Control):
+                if type(event) is _wire.Messages:
+                    # the connector's path: every payload decoded in place from the run's bytes
+                    decoder = _codec.BatchDecoder(lambda mid: ("address", mid))
+                    decode_at = decoder.start(event.data)
+                    try:
+                        for _inc, _serial, start, end in event.frames:
+                            delivered.append(decode_at(start, end))
+                    finally:
+                        decoder.finish()
+                elif type(event) is _wire.Control:
                     delivered.append(_codec.decode(event.payload, lambda mid: ("address", mid)))
                 else:
                     delivered.append(event)

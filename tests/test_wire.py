@@ -27,6 +27,7 @@ from reign._wire import (
     Hello,
     Link,
     Message,
+    Messages,
     Tick,
     Unlink,
     WireProtocol,
@@ -36,6 +37,18 @@ CLUSTER = bytes(range(32))
 OTHER_CLUSTER = bytes(range(1, 33))
 INC_A = 0x019A3C5D7E8F0001
 INC_B = 0x019A3C5D7E8F0002
+
+
+def flat(events: list[Any]) -> list[Any]:
+    """Events with each Messages run expanded into its Message events."""
+    out: list[Any] = []
+    for event in events:
+        out.extend(event.messages() if type(event) is _wire.Messages else [event])
+    return out
+
+
+def recv(proto: WireProtocol, data: Any) -> list[Any]:
+    return flat(proto.receive_data(data))
 
 
 def new(node: int = 1, peer: int | None = 2, *, incarnation: int | None = None,
@@ -51,11 +64,11 @@ def new(node: int = 1, peer: int | None = 2, *, incarnation: int | None = None,
 
 def established_pair(**kwargs: Any) -> tuple[WireProtocol, WireProtocol]:
     a, b = new(1, 2, **kwargs), new(2, 1, **kwargs)
-    assert a.receive_data(b.hello()) == [Hello(PROTOCOL_VERSION, 2, INC_B, CLUSTER)]
-    assert b.receive_data(a.hello()) == [Hello(PROTOCOL_VERSION, 1, INC_A, CLUSTER)]
+    assert recv(a, b.hello()) == [Hello(PROTOCOL_VERSION, 2, INC_B, CLUSTER)]
+    assert recv(b, a.hello()) == [Hello(PROTOCOL_VERSION, 1, INC_A, CLUSTER)]
     assert a.state == b.state == "handshaking"
-    assert a.receive_data(b.accept()) == [Accept()]
-    assert b.receive_data(a.accept()) == [Accept()]
+    assert recv(a, b.accept()) == [Accept()]
+    assert recv(b, a.accept()) == [Accept()]
     assert a.state == b.state == "established"
     return a, b
 
@@ -102,20 +115,20 @@ def test_handshake_and_every_frame_type_both_ways() -> None:
     a, b = established_pair()
     assert (a.peer_node, a.peer_incarnation, b.peer_node, b.peer_incarnation) == (2, INC_B, 1, INC_A)
     stream, expected = all_frames(a)
-    assert b.receive_data(stream) == expected
+    assert recv(b, stream) == expected
     back = b.message(A_MAILBOX, b"\x01") + b.closed(B_MAILBOX) + b.link(A_MAILBOX) + b.tick()
-    assert a.receive_data(back) == [Message(INC_A, 5, b"\x01"), Closed(B_MAILBOX), Link(A_MAILBOX), Tick()]
+    assert recv(a, back) == [Message(INC_A, 5, b"\x01"), Closed(B_MAILBOX), Link(A_MAILBOX), Tick()]
     assert a.handshake_completed and b.handshake_completed
 
 
 def test_accept_may_arrive_together_with_hello_and_messages() -> None:
     a, b = new(1, 2), new(2, 1)
     hello_b = b.hello()
-    b.receive_data(a.hello())
+    recv(b, a.hello())
     accept_b = b.accept()
     # b's HELLO, ACCEPT and (once b sees a's ACCEPT) its first messages reach a in one read
-    a.receive_data(b"")
-    events = a.receive_data(hello_b + accept_b)
+    recv(a, b"")
+    events = recv(a, hello_b + accept_b)
     assert events == [Hello(1, 2, INC_B, CLUSTER), Accept()]
     assert a.state == "established"
 
@@ -152,28 +165,28 @@ def test_whole_bytewise_and_random_chunks_give_the_same_events(data: st.DataObje
     got: list[Any] = []
     previous = 0
     for cut in cuts + [len(stream)]:
-        got += b2.receive_data(stream[previous:cut])
+        got += recv(b2, stream[previous:cut])
         previous = cut
     assert got == expected
-    assert b1.receive_data(stream) == expected
+    assert recv(b1, stream) == expected
 
 
 def test_byte_by_byte_including_the_handshake() -> None:
     a, b = new(1, 2), new(2, 1)
     events: list[Any] = []
     for byte in b.hello():
-        events += a.receive_data(bytes([byte]))
+        events += recv(a, bytes([byte]))
     assert events == [Hello(1, 2, INC_B, CLUSTER)]
-    b.receive_data(a.hello())
+    recv(b, a.hello())
     events = []
     for byte in b.accept():
-        events += a.receive_data(memoryview(bytes([byte])))
-    b.receive_data(a.accept())
+        events += recv(a, memoryview(bytes([byte])))
+    recv(b, a.accept())
     assert events == [Accept()]
     stream, expected = all_frames(a)
     got: list[Any] = []
     for i in range(len(stream)):
-        got += b.receive_data(bytearray(stream[i : i + 1]))
+        got += recv(b, bytearray(stream[i : i + 1]))
     assert got == expected
 
 
@@ -181,10 +194,10 @@ def test_buffer_is_compacted_and_holds_at_most_one_partial_frame() -> None:
     a, b = established_pair()
     one = a.message(B_MAILBOX, b"x" * 100)
     for _ in range(1000):
-        b.receive_data(one * 3 + one[:50])
-        b.receive_data(one[50:])
+        recv(b, one * 3 + one[:50])
+        recv(b, one[50:])
     assert len(b._buffer) == 0
-    b.receive_data(one * 10 + one[:7])
+    recv(b, one * 10 + one[:7])
     assert len(b._buffer) == 7
 
 
@@ -196,7 +209,7 @@ def test_oversized_header_fails_at_once_without_allocating() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(ProtocolError, match="over the limit"):
-            b.receive_data((2**31).to_bytes(4, "big"))  # not even the type byte yet
+            recv(b, (2**31).to_bytes(4, "big"))  # not even the type byte yet
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -209,62 +222,62 @@ def test_frame_limit_is_exact(stage: str) -> None:
     if stage == "established":
         a, b = established_pair(max_frame_bytes=1024)
         ok = a.message(B_MAILBOX, b"x" * (1024 - 17))
-        assert b.receive_data(ok) == [Message(INC_B, 9, b"x" * 1007)]
+        assert recv(b, ok) == [Message(INC_B, 9, b"x" * 1007)]
         with pytest.raises(EncodeError, match="exceeds the frame limit"):
             a.message(B_MAILBOX, b"x" * (1024 - 16))
         with pytest.raises(EncodeError, match="exceeds the frame limit"):
             a.control(b"x" * 1024)
         assert a.state == "established"  # a local refusal does not fail the connection
         with pytest.raises(ProtocolError, match="1025 bytes announced"):
-            b.receive_data(struct.pack(">IB", 1025, FrameType.MESSAGE))
+            recv(b, struct.pack(">IB", 1025, FrameType.MESSAGE))
     else:
         b = new(2, 1, max_frame_bytes=1024)
         with pytest.raises(ProtocolError, match="over the limit"):
-            b.receive_data(struct.pack(">I", 1025))
+            recv(b, struct.pack(">I", 1025))
 
 
 def test_zero_length_frame() -> None:
     _, b = established_pair()
     with pytest.raises(ProtocolError, match="length 0"):
-        b.receive_data(b"\x00\x00\x00\x00")
+        recv(b, b"\x00\x00\x00\x00")
     fresh = new(2, 1)
     with pytest.raises(ProtocolError, match="length 0"):
-        fresh.receive_data(b"\x00\x00\x00\x00\x01")
+        recv(fresh, b"\x00\x00\x00\x00\x01")
 
 
 @pytest.mark.parametrize("frame_type", [0, 9, 42, 255])
 def test_unknown_frame_type_fails_on_its_header(frame_type: int) -> None:
     _, b = established_pair()
     with pytest.raises(ProtocolError, match=f"unknown frame type {frame_type}"):
-        b.receive_data(struct.pack(">IB", 1000, frame_type))  # body never sent
+        recv(b, struct.pack(">IB", 1000, frame_type))  # body never sent
 
 
 @pytest.mark.parametrize("frame_type", [2, 3, 4, 5, 6, 7, 8])
 def test_any_frame_before_hello_fails(frame_type: int) -> None:
     b = new(2, 1)
     with pytest.raises(ProtocolError, match="before the peer's HELLO"):
-        b.receive_data(frame(frame_type, b"\x00" * 16))
+        recv(b, frame(frame_type, b"\x00" * 16))
     assert b.state == "failed"
 
 
 @pytest.mark.parametrize("frame_type", [3, 4, 5, 6, 7, 8])
 def test_frames_between_hello_and_accept_fail(frame_type: int) -> None:
     b = new(2, 1)
-    b.receive_data(hello_frame(node=1, inc=INC_A))
+    recv(b, hello_frame(node=1, inc=INC_A))
     with pytest.raises(ProtocolError, match="before the peer's ACCEPT"):
-        b.receive_data(frame(frame_type, b"\x00" * 18))
+        recv(b, frame(frame_type, b"\x00" * 18))
 
 
 def test_second_hello_and_second_accept_fail() -> None:
     a, b = established_pair()
     with pytest.raises(ProtocolError, match="second HELLO"):
-        b.receive_data(hello_frame(node=1, inc=INC_A))
+        recv(b, hello_frame(node=1, inc=INC_A))
     _, b = established_pair()
     with pytest.raises(ProtocolError, match="second ACCEPT"):
-        b.receive_data(frame(FrameType.ACCEPT))
+        recv(b, frame(FrameType.ACCEPT))
     b = new(2, 1)
     with pytest.raises(ProtocolError, match="second HELLO"):
-        b.receive_data(hello_frame(node=1, inc=INC_A) * 2)
+        recv(b, hello_frame(node=1, inc=INC_A) * 2)
 
 
 @pytest.mark.parametrize(
@@ -286,41 +299,41 @@ def test_second_hello_and_second_accept_fail() -> None:
 def test_bad_bodies(raw: bytes, match: str) -> None:
     _, b = established_pair()  # b is node 2; its peer is node 1
     with pytest.raises(ProtocolError, match=match):
-        b.receive_data(raw)
+        recv(b, raw)
 
 
 def test_accept_with_a_body() -> None:
     b = new(2, 1)
-    b.receive_data(hello_frame(node=1, inc=INC_A))
+    recv(b, hello_frame(node=1, inc=INC_A))
     with pytest.raises(ProtocolError, match="ACCEPT body must be 0 bytes"):
-        b.receive_data(frame(FrameType.ACCEPT, b"\x00"))
+        recv(b, frame(FrameType.ACCEPT, b"\x00"))
 
 
 def test_size_violations_are_caught_on_the_header_alone() -> None:
     _, b = established_pair()
     with pytest.raises(ProtocolError, match="LINK body must be 18 bytes"):
-        b.receive_data(struct.pack(">IB", 1_000_000, FrameType.LINK))
+        recv(b, struct.pack(">IB", 1_000_000, FrameType.LINK))
     b = new(2, 1)
     with pytest.raises(ProtocolError, match="HELLO body of"):
-        b.receive_data(struct.pack(">IB", 10_000_000, FrameType.HELLO))
+        recv(b, struct.pack(">IB", 10_000_000, FrameType.HELLO))
 
 
 def test_truncated_stream_is_not_an_error_until_more_arrives() -> None:
     a, b = established_pair()
     stream, expected = all_frames(a)
-    assert b.receive_data(stream[:-1]) == expected[:-1]
-    assert b.receive_data(stream[-1:]) == expected[-1:]
+    assert recv(b, stream[:-1]) == expected[:-1]
+    assert recv(b, stream[-1:]) == expected[-1:]
 
 
 def test_after_an_error_the_protocol_stays_failed() -> None:
     a, b = established_pair()
     with pytest.raises(ProtocolError):
-        b.receive_data(frame(99))
+        recv(b, frame(99))
     assert b.state == "failed" and b.handshake_completed
     good = a.tick()
     for call in (
-        lambda: b.receive_data(good),
-        lambda: b.receive_data(b""),
+        lambda: recv(b, good),
+        lambda: recv(b, b""),
         lambda: b.message(A_MAILBOX, b""),
         lambda: b.tick(),
         lambda: b.link(A_MAILBOX),
@@ -337,7 +350,7 @@ def test_after_an_error_the_protocol_stays_failed() -> None:
 def test_events_before_an_error_in_the_same_chunk_are_dropped_with_it() -> None:
     a, b = established_pair()
     with pytest.raises(ProtocolError):
-        b.receive_data(a.tick() + frame(0))
+        recv(b, a.tick() + frame(0))
     assert b.state == "failed"
 
 
@@ -377,7 +390,7 @@ def test_events_before_an_error_in_the_same_chunk_are_dropped_with_it() -> None:
 def test_hello_validation(raw: bytes, error: type[Exception], match: str) -> None:
     b = new(2, 1)  # node 2, expecting node 1
     with pytest.raises(error, match=match):
-        b.receive_data(raw)
+        recv(b, raw)
     assert b.state == "failed" and b.peer_node is None
 
 
@@ -387,12 +400,12 @@ def test_hello_with_an_address_is_refused() -> None:
     body = _codec.encode({"v": 1, "node": Address(MailboxID(1, 2, 3), None), "inc": 1, "cluster": CLUSTER})  # type: ignore[arg-type]
     b = new(2, 1)
     with pytest.raises(DecodeError, match="addresses"):
-        b.receive_data(frame(FrameType.HELLO, body))
+        recv(b, frame(FrameType.HELLO, body))
 
 
 def test_any_peer_id_is_accepted_without_expected_peer() -> None:
     b = new(2, None)
-    assert b.receive_data(hello_frame(node=200, inc=0)) == [Hello(1, 200, 0, CLUSTER)]
+    assert recv(b, hello_frame(node=200, inc=0)) == [Hello(1, 200, 0, CLUSTER)]
     assert b.peer_node == 200 and b.peer_incarnation == 0
 
 
@@ -410,13 +423,13 @@ def test_outbound_calls_follow_the_state_machine() -> None:
     a.hello()
     with pytest.raises(RuntimeError, match="already sent"):
         a.hello()
-    a.receive_data(hello_frame())
+    recv(a, hello_frame())
     a.accept()
     with pytest.raises(RuntimeError, match="already sent"):
         a.accept()
     with pytest.raises(RuntimeError, match="before the handshake completed"):
         a.link(B_MAILBOX)
-    a.receive_data(frame(FrameType.ACCEPT))
+    recv(a, frame(FrameType.ACCEPT))
     with pytest.raises(ValueError, match="not on the peer's node"):
         a.link(A_MAILBOX)
     with pytest.raises(ValueError, match="not on this node"):
@@ -448,7 +461,7 @@ def _feed(wire: WireProtocol, chunks: list[bytes]) -> tuple[list[Any], str | Non
     events: list[Any] = []
     try:
         for chunk in chunks:
-            events += wire.receive_data(chunk)
+            events += recv(wire, chunk)
     except ProtocolError as exc:  # anything else fails the test
         return events, f"{type(exc).__name__}: {exc}"
     return events, None
@@ -505,14 +518,25 @@ def test_sans_io_modules_do_not_import_asyncio_or_ssl(module: str) -> None:
     assert not imported & {"asyncio", "ssl", "socket", "pickle", "uvloop"}
 
 
-def test_receive_path_throughput_smoke() -> None:
-    """Not a benchmark: 20k small MESSAGE frames parse in well under a second."""
-    import time
-
+def test_consecutive_messages_come_as_one_run_split_by_other_frames() -> None:
+    """A run's frames point into one shared copy of the read; other frames split runs."""
     a, b = established_pair()
     payload = os.urandom(40)
-    chunk = a.message(B_MAILBOX, payload) * 20_000
-    started = time.perf_counter()
+    chunk = a.message(B_MAILBOX, payload) * 20_000 + a.tick() + a.message(B_MAILBOX, b"\x01") * 2
     events = b.receive_data(chunk)
-    assert time.perf_counter() - started < 1
-    assert len(events) == 20_000 and events[-1] == Message(INC_B, 9, payload)
+    assert [type(e) for e in events] == [Messages, Tick, Messages]
+    first, _, last = events
+    assert first.data is last.data  # one copy per call
+    assert len(first.frames) == 20_000 and len(last.frames) == 2
+    frame_size = 21 + len(payload)
+    for index, (incarnation, serial, start, end) in enumerate(first.frames):
+        assert (incarnation, serial) == (INC_B, 9)
+        assert (start, end) == (index * frame_size + 21, (index + 1) * frame_size)
+    assert all(first.data[start:end] == payload for _, _, start, end in first.frames)
+    assert last.messages() == [Message(INC_B, 9, b"\x01")] * 2
+    # a frame cut across two calls still ends up in a run, with its own data
+    half = len(a.message(B_MAILBOX, payload)) // 2
+    one = a.message(B_MAILBOX, payload)
+    assert b.receive_data(one[:half]) == []
+    (run,) = b.receive_data(one[half:])
+    assert run.messages() == [Message(INC_B, 9, payload)] and run.data == one
