@@ -166,8 +166,16 @@ class _Peer:
         if conn is not None:
             if incarnation != self.incarnation:
                 return False
-            conn.write_message(incarnation, serial, payload)
+            # The connection's write buffer, inline (one call less per message): header and
+            # payload are joined with the rest of this loop iteration's frames by flush().
+            out = conn.out
+            out.append(_message_header(incarnation, serial, len(payload)))
+            out.append(payload)
+            conn.unwritten_messages += 1
             self.messages_out += 1
+            if not conn.flush_scheduled:
+                conn.flush_scheduled = True
+                conn.loop.call_soon(conn.flush)
             return True
         known = self.incarnation
         if known is not None and incarnation < known:
@@ -201,10 +209,7 @@ class _Peer:
         stale = 0
         while self.pending:
             incarnation, serial, payload = self.pending.popleft()
-            if incarnation == self.incarnation:
-                conn.write_message(incarnation, serial, payload)
-                self.messages_out += 1
-            else:
+            if not self.send_message(incarnation, serial, payload):
                 stale += 1
         self.pending_bytes = 0
         if stale:
@@ -353,15 +358,6 @@ class _Connection(asyncio.BufferedProtocol):
 
     def write(self, frame: bytes) -> None:
         self.out.append(frame)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def write_message(self, incarnation: int, serial: int, payload: bytes) -> None:
-        out = self.out
-        out.append(_message_header(incarnation, serial, len(payload)))
-        out.append(payload)
-        self.unwritten_messages += 1
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)

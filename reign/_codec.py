@@ -359,7 +359,6 @@ _pack_id = _ID_STRUCT.pack
 
 #: ``_SHORT[major][n]``: the one-byte head of major type ``major`` with argument ``n < 24``.
 _SHORT = tuple(tuple(bytes([major << 5 | n]) for n in range(24)) for major in range(8))
-_UINT_HEADS = _SHORT[0]
 _STRING_HEADS = _SHORT[3]
 _pack_head8 = struct.Struct(">BB").pack
 _pack_head16 = struct.Struct(">BH").pack
@@ -383,13 +382,40 @@ def _head(major: int, n: int) -> bytes:
     return _pack_head64(bits | 27, n)
 
 
+#: Heads of the ints 0..255 (the value itself for 0..23).
+_SMALL_UINTS = tuple(_head(0, n) for n in range(256))
+
+
 def _int_bytes(value: int) -> bytes:
+    """An int outside 0..255 (those are in ``_SMALL_UINTS``)."""
     if value >= 0:
+        if value < 0x10000:
+            return _pack_head16(0x19, value)
         if value < _INT_LIMIT:
             return _head(0, value)
     elif value >= _INT_MIN:
         return _head(1, -1 - value)
     raise _cannot(int)
+
+
+#: Encoded dict keys and first items of tuples ("atoms": ``{"op": ...}``, ``("inc", n)``), which
+#: repeat from message to message: a hit costs one dict lookup instead of encoding the string.
+#: Only strings of at most ATOM_MAX_CHARS; the cache starts over past ATOM_CACHE_SIZE entries.
+_ATOMS: dict[str, bytes] = {}
+ATOM_CACHE_SIZE = 1024
+ATOM_MAX_CHARS = 32
+
+
+def _atom_bytes(text: str) -> bytes:
+    """The CBOR text string ``text`` (a cache miss: encode it, and keep it if short)."""
+    data = text.encode()
+    n = len(data)
+    encoded = (_STRING_HEADS[n] if n < 24 else _head(3, n)) + data
+    if len(text) <= ATOM_MAX_CHARS:
+        if len(_ATOMS) >= ATOM_CACHE_SIZE:
+            _ATOMS.clear()
+        _ATOMS[text] = encoded
+    return encoded
 
 
 def _put(obj: Any, out: list[bytes], depth: int, budget: list[int]) -> None:
@@ -402,7 +428,7 @@ def _put(obj: Any, out: list[bytes], depth: int, budget: list[int]) -> None:
         append(_STRING_HEADS[n] if n < 24 else _head(3, n))
         append(data)
     elif t is int:
-        append(_UINT_HEADS[obj] if 0 <= obj < 24 else _int_bytes(obj))
+        append(_SMALL_UINTS[obj] if 0 <= obj < 256 else _int_bytes(obj))
     elif t is float:
         append(_pack_float(0xFB, obj))
     elif t is bool:
@@ -445,12 +471,10 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
         if t is dict:
             n = len(obj)
             append(_SHORT[5][n] if n < 24 else _head(5, n))
+            atoms = _ATOMS
             for key, value in obj.items():
                 if type(key) is str:
-                    data = key.encode()
-                    n = len(data)
-                    append(_STRING_HEADS[n] if n < 24 else _head(3, n))
-                    append(data)
+                    append(atoms.get(key) or _atom_bytes(key))
                 else:
                     _put(key, out, depth, budget)
                 tv = type(value)
@@ -460,13 +484,17 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
                     append(_STRING_HEADS[n] if n < 24 else _head(3, n))
                     append(data)
                 elif tv is int:
-                    append(_UINT_HEADS[value] if 0 <= value < 24 else _int_bytes(value))
+                    append(_SMALL_UINTS[value] if 0 <= value < 256 else _int_bytes(value))
                 else:
                     _put(value, out, depth, budget)
             return
         if t is tuple:
             append(_TUPLE_HEADER)
             append(_SHORT[4][size] if size < 24 else _head(4, size))
+            if size and type(obj[0]) is str:  # an Erlang-style tag: ("inc", n)
+                first = obj[0]
+                append(_ATOMS.get(first) or _atom_bytes(first))
+                obj = obj[1:]
         elif t is list:
             append(_SHORT[4][size] if size < 24 else _head(4, size))
         else:  # a registered object: [name, *fields]
@@ -481,7 +509,7 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
                 append(_STRING_HEADS[n] if n < 24 else _head(3, n))
                 append(data)
             elif tv is int:
-                append(_UINT_HEADS[value] if 0 <= value < 24 else _int_bytes(value))
+                append(_SMALL_UINTS[value] if 0 <= value < 256 else _int_bytes(value))
             else:
                 _put(value, out, depth, budget)
     except _TooDeep as exc:
@@ -719,6 +747,8 @@ _SIMPLE_MARKS = bytes(0 if b in _NOT_SIMPLE else 1 for b in range(256))
 #: in every request): at most this many, then it starts over.
 ADDRESS_CACHE_SIZE = 4096
 _NOWHERE = 1 << 62
+#: A batch decoder keeps a read's bytes after :meth:`BatchDecoder.finish` only up to this size.
+_KEEP_READ_BYTES = 64 * 1024
 
 
 class BatchDecoder:
@@ -734,16 +764,28 @@ class BatchDecoder:
     connector's loop).
     """
 
-    __slots__ = ("_make_address", "_decoder")
+    __slots__ = (
+        "_make_address", "_decoder", "_stream", "_seek", "_tell", "_decode_next", "_data",
+        "_marks", "_mark",
+    )
 
     def __init__(self, make_address: Callable[[MailboxID], Any]) -> None:
         self._make_address = make_address
+        self._data = self._marks = b""
+        self._mark = _NOWHERE
         self._decoder = self._fresh()
 
     def _fresh(self) -> _Decoder:
+        # One stream for the decoder's life, refilled per read: setting cbor2's fp costs
+        # ~0.35 us (it calls readable() and seekable()), refilling ~0.1 us. cbor2 seeks back
+        # and drops its read-ahead at the end of every successful decode(), so a refill never
+        # meets stale buffered bytes; after a failed one the decoder is replaced anyway.
         decoder = _Decoder(_BATCH_READ_SIZE)
         decoder.make_address = self._make_address
         decoder.addresses = {}
+        stream = self._stream = io.BytesIO()
+        decoder.cbor.fp = stream
+        self._seek, self._tell, self._decode_next = stream.seek, stream.tell, decoder.cbor.decode
         return decoder
 
     def start(self, data: bytes) -> Callable[[int, int], Any]:
@@ -753,46 +795,50 @@ class BatchDecoder:
         after an error it must not be called again (the next :meth:`start` uses a fresh cbor2
         decoder, since cbor2 may be left mid-item). Call :meth:`finish` when done.
         """
-        stream = io.BytesIO(data)
-        cbor = self._decoder.cbor
-        cbor.fp = stream
-        seek, tell, decode_next = stream.seek, stream.tell, cbor.decode
-        find_mark = data.translate(_SIMPLE_MARKS).find
-        mark = find_mark(1)
-        if mark < 0:
-            mark = _NOWHERE
-        scan_threshold = SCAN_THRESHOLD
+        stream = self._stream
+        stream.seek(0)
+        stream.write(data)
+        stream.truncate()
+        self._data = data
+        marks = self._marks = data.translate(_SIMPLE_MARKS)
+        mark = marks.find(1)
+        self._mark = mark if mark >= 0 else _NOWHERE
+        return self._decode_at
 
-        def decode_at(start: int, end: int) -> Any:
-            nonlocal mark
-            if mark < start:
-                mark = find_mark(1, start)
-                if mark < 0:
-                    mark = _NOWHERE
-            try:
-                if end - start > scan_threshold:
-                    _scan(data[start:end])
-                seek(start)
-                value = decode_next()
-                position = tell()
-                if position != end:
-                    if position < end:
-                        raise DecodeError(f"{end - position} trailing bytes after the message")
-                    raise DecodeError("message runs past the end of its frame")
-                if mark < end and _has_simple(value):
-                    raise DecodeError("CBOR simple values and undefined are not allowed")
-            except Exception as exc:
-                self._decoder = self._fresh()  # cbor2 may be mid-item: never reuse it
-                if isinstance(exc, DecodeError):
-                    raise
-                raise DecodeError(_reason(exc)) from exc
-            return value
-
-        return decode_at
+    def _decode_at(self, start: int, end: int) -> Any:
+        mark = self._mark
+        if mark < start:
+            mark = self._marks.find(1, start)
+            if mark < 0:
+                mark = _NOWHERE
+            self._mark = mark
+        try:
+            if end - start > SCAN_THRESHOLD:
+                _scan(self._data[start:end])
+            self._seek(start)
+            value = self._decode_next()
+            position = self._tell()
+            if position != end:
+                if position < end:
+                    raise DecodeError(f"{end - position} trailing bytes after the message")
+                raise DecodeError("message runs past the end of its frame")
+            if mark < end and _has_simple(value):
+                raise DecodeError("CBOR simple values and undefined are not allowed")
+        except Exception as exc:
+            self._decoder = self._fresh()  # cbor2 may be mid-item: never reuse it
+            if isinstance(exc, DecodeError):
+                raise
+            raise DecodeError(_reason(exc)) from exc
+        return value
 
     def finish(self) -> None:
-        """Release the read's bytes (the decoder is kept for the next read)."""
-        self._decoder.cbor.fp = _EMPTY_STREAM
+        """Done with this read: a large read's bytes are released now, a small one's stay
+        until the next read overwrites them."""
+        self._data = self._marks = b""
+        stream = self._stream
+        if stream.seek(0, io.SEEK_END) > _KEEP_READ_BYTES:
+            stream.seek(0)
+            stream.truncate()
 
     def decode_all(self, payloads: list[bytes]) -> tuple[list[Any], DecodeError | None]:
         """The values of ``payloads`` in order, up to the first that fails, and that failure.

@@ -443,57 +443,62 @@ class WireProtocol:
         if self._state == "failed":
             self._check_alive()
         buf = self._buffer
-        buf += data
-        end = len(buf)
+        if buf:
+            buf += data
+            source: Any = buf
+        else:  # the usual case: parse the caller's bytes, keep only an incomplete tail
+            source = data if type(data) is not bytearray else bytes(data)
+        end = len(source)
         events: list[Any] = []
+        pos = 0
         if end < 5:
             if end == 4:
-                self._check_length(_LENGTH.unpack_from(buf, 0)[0])
-            return events
-        pos = 0
-        append = events.append
-        max_frame = self._max_frame
-        unpack_header = _HEADER.unpack_from
-        unpack_message = _MESSAGE_HEADER.unpack_from
-        established = self._state == "established"
-        runs: list[Messages] = []
-        frames: list[tuple[int, int, int, int]] | None = None
-        view = memoryview(buf)
-        try:
-            while end - pos >= 5:
-                if end - pos >= 21:  # room for a MESSAGE header: read it all at once
-                    n, frame_type, incarnation, serial = unpack_message(buf, pos)
+                self._check_length(_LENGTH.unpack_from(source, 0)[0])
+        else:
+            append = events.append
+            max_frame = self._max_frame
+            unpack_message = _MESSAGE_HEADER.unpack_from
+            established = self._state == "established"
+            runs: list[Messages] = []
+            frames: list[tuple[int, int, int, int]] | None = None
+            view = memoryview(source)
+            try:
+                while end - pos >= 5:
+                    if end - pos >= 21:  # room for a MESSAGE header: read it all at once
+                        n, frame_type, incarnation, serial = unpack_message(source, pos)
+                    else:
+                        n, frame_type = _HEADER.unpack_from(source, pos)
+                    frame_end = pos + 4 + n
+                    if frame_type == 3 and established and 17 <= n <= max_frame:
+                        if frame_end > end:
+                            break
+                        if frames is None:
+                            frames = []
+                            run = Messages(b"", frames)
+                            runs.append(run)
+                            append(run)
+                        frames.append((incarnation, serial, pos + 21, frame_end))
+                    else:
+                        self._check_header(n, frame_type)
+                        if frame_end > end:
+                            break
+                        append(self._frame(frame_type, view[pos + 5 : frame_end]))
+                        frames = None
+                        established = self._state == "established"
+                    pos = frame_end
                 else:
-                    n, frame_type = unpack_header(buf, pos)
-                    incarnation = serial = 0
-                frame_end = pos + 4 + n
-                if frame_type == 3 and established and 17 <= n <= max_frame:
-                    if frame_end > end:
-                        break
-                    if frames is None:
-                        frames = []
-                        run = Messages(b"", frames)
-                        runs.append(run)
-                        append(run)
-                    frames.append((incarnation, serial, pos + 21, frame_end))
-                else:
-                    self._check_header(n, frame_type)
-                    if frame_end > end:
-                        break
-                    append(self._frame(frame_type, view[pos + 5 : frame_end]))
-                    frames = None
-                    established = self._state == "established"
-                pos = frame_end
-            else:
-                if end - pos == 4:
-                    self._check_length(_LENGTH.unpack_from(buf, pos)[0])
-            if runs:
-                snapshot = view[:pos].tobytes()
-                for run in runs:
-                    run.data = snapshot
-        finally:
-            view.release()
-        del buf[:pos]  # cheap: a bytearray drops a prefix by moving its start
+                    if end - pos == 4:
+                        self._check_length(_LENGTH.unpack_from(source, pos)[0])
+                if runs:
+                    snapshot = source if pos == end and type(source) is bytes else view[:pos].tobytes()
+                    for run in runs:
+                        run.data = snapshot
+            finally:
+                view.release()
+        if source is buf:
+            del buf[:pos]  # cheap: a bytearray drops a prefix by moving its start
+        elif pos < end:
+            buf += source[pos:]
         return events
 
     def _check_length(self, n: int) -> None:

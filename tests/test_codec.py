@@ -211,6 +211,32 @@ def test_encoder_writes_standard_cbor_as_cbor2_does(value: Any, number: float) -
     assert cbor2.loads(encode(float("nan"))) != cbor2.loads(encode(float("nan")))  # NaN
 
 
+def test_encoder_int_and_length_boundaries_match_cbor2() -> None:
+    edges = [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+    for n in edges:
+        for value in (n, -1 - n):
+            assert encode(value) == cbor2.dumps(value) and encode([value]) == cbor2.dumps([value]), value
+    for n in (23, 24, 255, 256, 65536):
+        for value in ("x" * n, b"x" * n, [0] * n, dict.fromkeys(range(n), 0)):
+            assert encode(value) == cbor2.dumps(value), (type(value), n)
+
+
+def test_atom_cache_is_bounded_and_never_changes_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_codec, "_ATOMS", {})
+    monkeypatch.setattr(_codec, "ATOM_CACHE_SIZE", 8)
+    for round_ in range(3):  # cold, warm, and after the cache started over
+        for i in range(20):
+            key = f"k{i}" * (1 + i % 3)
+            value = {key: i, "x" * 40: (key, "y" * 40)}
+            assert encode(value) == cbor2.dumps({key: i, "x" * 40: cbor2.CBORTag(51200, [key, "y" * 40])})
+            assert len(_codec._ATOMS) <= 8
+    assert "x" * 40 not in _codec._ATOMS  # long strings are not kept
+    with pytest.raises(EncodeError, match="Unicode"):
+        encode({"\ud800": 1})
+    with pytest.raises(EncodeError, match="Unicode"):
+        encode(("\ud800", 1))
+
+
 def test_encoder_tags_decode_with_cbor2s_tag_hook() -> None:
     value = ("t", [MailboxID(1, 2, 3)], {"p": Point(1, 2)})
     tags: list[int] = []
@@ -849,6 +875,17 @@ def test_batch_decoder_reuses_addresses_but_keeps_their_checks() -> None:
     values, failure = batch.decode_all(payloads)
     assert failure is None and [v[1].serial for v in values] == list(range(ADDRESS_CACHE_SIZE + 10))
     assert len(batch._decoder.addresses) <= ADDRESS_CACHE_SIZE
+
+
+def test_batch_decoder_does_not_keep_a_large_read_alive() -> None:
+    from reign._codec import BatchDecoder
+
+    batch = BatchDecoder(make_address)
+    values, failure = batch.decode_all([encode(b"x" * (1 << 20)), encode("small")])
+    assert failure is None and values[1] == "small"
+    assert len(batch._stream.getbuffer()) < (1 << 16)
+    values, failure = batch.decode_all([encode("a"), encode("b")])  # a small read stays
+    assert values == ["a", "b"] and 0 < len(batch._stream.getbuffer()) < 100
 
 
 def test_batch_decoder_matches_decode_and_checks_every_boundary() -> None:
