@@ -746,9 +746,11 @@ _SIMPLE_MARKS = bytes(0 if b in _NOT_SIMPLE else 1 for b in range(256))
 #: Addresses a batch decoder keeps to hand out again for a repeated id (a reply-to address
 #: in every request): at most this many, then it starts over.
 ADDRESS_CACHE_SIZE = 4096
-_NOWHERE = 1 << 62
-#: A batch decoder keeps a read's bytes after :meth:`BatchDecoder.finish` only up to this size.
+#: A batch decoder copies a read up to this size into its stream (and keeps the copy until the
+#: next read); a larger read gets a stream of its own, dropped at :meth:`BatchDecoder.finish`.
 _KEEP_READ_BYTES = 64 * 1024
+#: Bytes translated at a time to find simple-value bytes in small payloads.
+_MARK_WINDOW = 16 * 1024
 
 
 class BatchDecoder:
@@ -766,27 +768,33 @@ class BatchDecoder:
 
     __slots__ = (
         "_make_address", "_decoder", "_stream", "_seek", "_tell", "_decode_next", "_data",
-        "_marks", "_mark",
+        "_marks", "_mark", "_window_start", "_window_end",
     )
 
     def __init__(self, make_address: Callable[[MailboxID], Any]) -> None:
         self._make_address = make_address
         self._data = self._marks = b""
-        self._mark = _NOWHERE
-        self._decoder = self._fresh()
+        self._mark = self._window_start = self._window_end = -1
+        self._fresh()
 
     def _fresh(self) -> _Decoder:
-        # One stream for the decoder's life, refilled per read: setting cbor2's fp costs
-        # ~0.35 us (it calls readable() and seekable()), refilling ~0.1 us. cbor2 seeks back
-        # and drops its read-ahead at the end of every successful decode(), so a refill never
-        # meets stale buffered bytes; after a failed one the decoder is replaced anyway.
         decoder = _Decoder(_BATCH_READ_SIZE)
         decoder.make_address = self._make_address
         decoder.addresses = {}
-        stream = self._stream = io.BytesIO()
-        decoder.cbor.fp = stream
-        self._seek, self._tell, self._decode_next = stream.seek, stream.tell, decoder.cbor.decode
+        self._decoder = decoder
+        self._use_stream(io.BytesIO())
         return decoder
+
+    def _use_stream(self, stream: io.BytesIO) -> None:
+        # Setting cbor2's fp costs ~0.35 us (it calls readable() and seekable()), so a small
+        # read refills the one small stream instead (~0.1 us); a large read gets a stream of
+        # its own, which shares its bytes instead of copying them. cbor2 seeks back and drops
+        # its read-ahead at the end of every successful decode(), so a refill never meets
+        # stale buffered bytes; after a failed one the decoder is replaced anyway.
+        cbor = self._decoder.cbor
+        cbor.fp = stream
+        self._stream = stream
+        self._seek, self._tell, self._decode_next = stream.seek, stream.tell, cbor.decode
 
     def start(self, data: bytes) -> Callable[[int, int], Any]:
         """Begin decoding payloads inside ``data``; returns ``decode_at(start, end)``.
@@ -795,26 +803,44 @@ class BatchDecoder:
         after an error it must not be called again (the next :meth:`start` uses a fresh cbor2
         decoder, since cbor2 may be left mid-item). Call :meth:`finish` when done.
         """
-        stream = self._stream
-        stream.seek(0)
-        stream.write(data)
-        stream.truncate()
+        if len(data) > _KEEP_READ_BYTES:
+            self._use_stream(io.BytesIO(data))
+        else:
+            stream = self._stream
+            stream.seek(0)
+            stream.write(data)
+            stream.truncate()
         self._data = data
-        marks = self._marks = data.translate(_SIMPLE_MARKS)
-        mark = marks.find(1)
-        self._mark = mark if mark >= 0 else _NOWHERE
+        self._mark = self._window_end = -1
         return self._decode_at
 
+    def _next_mark(self, start: int, end: int) -> int:
+        """Where the first simple-value byte at or after ``start`` is, or the end of the
+        translated window when there is none before it (the window always covers ``end``).
+
+        Windows of at least _MARK_WINDOW bytes: one ``translate`` serves many small payloads,
+        and large payloads (checked by ``_scan``) are never translated.
+        """
+        if end > self._window_end:
+            data = self._data
+            window_end = min(len(data), max(end, start + _MARK_WINDOW))
+            self._marks = data[start:window_end].translate(_SIMPLE_MARKS)
+            self._window_start, self._window_end = start, window_end
+        found = self._marks.find(1, start - self._window_start)
+        mark = self._window_start + found if found >= 0 else self._window_end
+        self._mark = mark
+        return mark
+
     def _decode_at(self, start: int, end: int) -> Any:
-        mark = self._mark
-        if mark < start:
-            mark = self._marks.find(1, start)
-            if mark < 0:
-                mark = _NOWHERE
-            self._mark = mark
         try:
             if end - start > SCAN_THRESHOLD:
-                _scan(self._data[start:end])
+                _scan(self._data[start:end])  # refuses simple values too
+                check_simple = False
+            else:
+                mark = self._mark
+                if mark < start or end > self._window_end:
+                    mark = self._next_mark(start, end)
+                check_simple = mark < end
             self._seek(start)
             value = self._decode_next()
             position = self._tell()
@@ -822,10 +848,10 @@ class BatchDecoder:
                 if position < end:
                     raise DecodeError(f"{end - position} trailing bytes after the message")
                 raise DecodeError("message runs past the end of its frame")
-            if mark < end and _has_simple(value):
+            if check_simple and _has_simple(value):
                 raise DecodeError("CBOR simple values and undefined are not allowed")
         except Exception as exc:
-            self._decoder = self._fresh()  # cbor2 may be mid-item: never reuse it
+            self._fresh()  # cbor2 may be mid-item: never reuse it
             if isinstance(exc, DecodeError):
                 raise
             raise DecodeError(_reason(exc)) from exc
@@ -835,10 +861,8 @@ class BatchDecoder:
         """Done with this read: a large read's bytes are released now, a small one's stay
         until the next read overwrites them."""
         self._data = self._marks = b""
-        stream = self._stream
-        if stream.seek(0, io.SEEK_END) > _KEEP_READ_BYTES:
-            stream.seek(0)
-            stream.truncate()
+        if self._stream.seek(0, io.SEEK_END) > _KEEP_READ_BYTES:
+            self._use_stream(io.BytesIO())
 
     def decode_all(self, payloads: list[bytes]) -> tuple[list[Any], DecodeError | None]:
         """The values of ``payloads`` in order, up to the first that fails, and that failure.

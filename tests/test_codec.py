@@ -851,6 +851,27 @@ def test_batch_decoder_decodes_in_place_between_foreign_bytes() -> None:
     batch.finish()
 
 
+def test_batch_decoder_finds_simple_values_in_any_payload_of_a_large_read() -> None:
+    """Small payloads are checked through windows of the read; large ones by the scan; a
+    simple value is refused wherever it is, and values around it are not refused."""
+    from reign._codec import _MARK_WINDOW, BatchDecoder
+
+    good = encode({"k": [1, "\u00f7", b"\xf7\xf8"]})  # marked bytes inside strings: fine
+    bad_small = b"\x82\x01\xf7"  # [1, undefined]
+    bad_large = b"\x82\x59\x10\x00" + b"\xf7" * 4096 + b"\xf7"  # [bytes(4096), undefined]
+    for bad in (bad_small, bad_large):
+        for position in (0, 1, _MARK_WINDOW // len(good), 3 * _MARK_WINDOW // len(good)):
+            payloads = [good] * (3 * _MARK_WINDOW // len(good) + 2)
+            payloads[position] = bad
+            batch = BatchDecoder(make_address)
+            values, failure = batch.decode_all(payloads)
+            assert len(values) == position and isinstance(failure, DecodeError), (len(bad), position)
+            assert "simple values" in str(failure)
+    batch = BatchDecoder(make_address)
+    values, failure = batch.decode_all([good, encode(bytes(5000)), good] * 20)
+    assert failure is None and len(values) == 60
+
+
 def test_batch_decoder_reuses_addresses_but_keeps_their_checks() -> None:
     from reign._codec import ADDRESS_CACHE_SIZE, BatchDecoder
 
