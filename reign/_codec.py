@@ -77,9 +77,10 @@ __all__ = [
 
 #: Deepest nesting of containers (list, tuple, dict, registered object) a message may have;
 #: the top-level container is level 1. Erlang's external term format has no such limit, but
-#: cbor2's Rust encoder recurses on the C stack and crashes the process (SIGSEGV, measured)
-#: somewhere between 1,000 and 10,000 levels, so we need one; 64 is far beyond any real
-#: message shape and keeps every recursion in this module shallow.
+#: the receiving decoder needs one (cbor2's Rust code recurses on the C stack: it crashed the
+#: process, SIGSEGV, somewhere between 1,000 and 10,000 levels when it still encoded for us),
+#: and both the encoder here and the receiver's checks recurse once per level; 64 is far
+#: beyond any real message shape and keeps every recursion in this module shallow.
 MAX_DEPTH = 64
 
 #: Deepest CBOR nesting :func:`decode` accepts (cbor2 counts non-empty arrays, non-empty maps
@@ -324,7 +325,9 @@ def register_type(
 # and writes its CBOR bytes. Measured against the previous walk-then-cbor2 encoder: cbor2 6.x
 # (Rust, via pyo3) costs ~1 us for a small message, mostly argument conversion and a Python
 # call per value through its encoders table; this walk does the checks it had to do anyway and
-# writes the bytes in the same pass, ~45 % less CPU for small messages. Decoding stays cbor2.
+# writes the bytes in the same pass: 1.8 -> 1.0 us for {"op": ..., "seq": n} (with the atom
+# cache below). The output is byte for byte what cbor2.dumps writes for tag-free values (a
+# test checks it). Decoding, the side that meets hostile input, stays cbor2.
 
 
 class _TooDeep(Exception):

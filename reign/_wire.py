@@ -29,7 +29,9 @@ CONTROL  8     CBOR payload for the registry, opaque here                       
 =======  ====  =========================================================================  =====
 
 ("est." = only once the handshake is established.) A MESSAGE's target node is implicitly the receiving node. MESSAGE and CONTROL payloads are not
-decoded here (the connector decodes them with ``_codec.decode`` so addresses bind to its node).
+decoded here: consecutive MESSAGE frames are reported as one :class:`Messages` run pointing into
+one copy of the received bytes, which the connector decodes in place (``_codec.BatchDecoder``)
+so addresses bind to its node; CONTROL payloads go through ``_codec.decode``.
 
 Limits (named constants below):
 
