@@ -814,7 +814,7 @@ class BatchDecoder:
             stream.write(data)
             stream.truncate()
         self._data = data
-        self._mark = self._window_end = -1
+        self._mark = self._window_end = -1  # windows are translated as small payloads need them
         return self._decode_at
 
     def _next_mark(self, start: int, end: int) -> int:
@@ -826,7 +826,11 @@ class BatchDecoder:
         """
         if end > self._window_end:
             data = self._data
-            window_end = min(len(data), max(end, start + _MARK_WINDOW))
+            window_end = start + _MARK_WINDOW
+            if window_end < end:
+                window_end = end
+            if window_end > len(data):
+                window_end = len(data)
             self._marks = data[start:window_end].translate(_SIMPLE_MARKS)
             self._window_start, self._window_end = start, window_end
         found = self._marks.find(1, start - self._window_start)
@@ -863,8 +867,8 @@ class BatchDecoder:
     def finish(self) -> None:
         """Done with this read: a large read's bytes are released now, a small one's stay
         until the next read overwrites them."""
-        self._data = self._marks = b""
         if self._stream.seek(0, io.SEEK_END) > _KEEP_READ_BYTES:
+            self._data = self._marks = b""
             self._use_stream(io.BytesIO())
 
     def decode_all(self, payloads: list[bytes]) -> tuple[list[Any], DecodeError | None]:
