@@ -730,16 +730,24 @@ class Cluster:
                 return
         peer.last_heard = conn.last_read
         Messages = _wire.Messages
-        for event in events:
-            if type(event) is Messages:
-                self._deliver_messages(peer, event)
-            else:
-                self._handle_control_event(peer, conn, event)
-                if conn.closed:
-                    break
+        decoder = self.batch_decoder
+        decode_at = None
+        try:
+            for event in events:
+                if type(event) is Messages:
+                    if decode_at is None:  # every run of one read shares the read's bytes
+                        decode_at = decoder.start(event.data)
+                    self._deliver_messages(peer, event, decode_at)
+                else:
+                    self._handle_control_event(peer, conn, event)
+                    if conn.closed:
+                        break
+        finally:
+            if decode_at is not None:
+                decoder.finish()
 
-    def _deliver_messages(self, peer: _Peer, run: _wire.Messages) -> None:
-        """Decode and deliver a run of messages, in order.
+    def _deliver_messages(self, peer: _Peer, run: _wire.Messages, decode_at: Any) -> None:
+        """Decode (with ``decode_at`` from the batch decoder) and deliver a run, in order.
 
         Only messages for an open mailbox of this incarnation are decoded (one for a closed
         mailbox is dropped unread). A payload that does not decode raises DecodeError after
@@ -749,24 +757,19 @@ class Cluster:
         peer.messages_in += len(frames)
         node_incarnation = self.incarnation
         mailboxes = self.node._mailboxes
-        decoder = self.batch_decoder
-        decode_at = decoder.start(run.data)
-        try:
-            for incarnation, serial, start, end in frames:
-                if incarnation != node_incarnation:
-                    continue
-                mbox = mailboxes.get(serial)
-                if mbox is None:
-                    continue
-                msg = decode_at(start, end)
-                # Mailbox._deliver's common case inline: nobody waiting, queue exists, open.
-                queue = mbox._queue
-                if queue is None or mbox._waiters or mbox._closed:
-                    mbox._deliver(msg)
-                else:
-                    queue.append(msg)
-        finally:
-            decoder.finish()
+        for incarnation, serial, start, end in frames:
+            if incarnation != node_incarnation:
+                continue
+            mbox = mailboxes.get(serial)
+            if mbox is None:
+                continue
+            msg = decode_at(start, end)
+            # Mailbox._deliver's common case inline: nobody waiting, queue exists, open.
+            queue = mbox._queue
+            if queue is None or mbox._waiters or mbox._closed:
+                mbox._deliver(msg)
+            else:
+                queue.append(msg)
 
     def _handle_control_event(self, peer: _Peer, conn: _Connection, event: Any) -> None:
         kind = type(event)

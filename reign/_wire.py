@@ -449,7 +449,11 @@ class WireProtocol:
             buf += data
             source: Any = buf
         else:  # the usual case: parse the caller's bytes, keep only an incomplete tail
-            source = data if type(data) is not bytearray else bytes(data)
+            source = data
+            if type(data) is bytearray:
+                source = bytes(data)  # the caller may reuse it: runs need bytes of their own
+            elif type(data) is memoryview and data.itemsize != 1:
+                source = data.cast("B")  # lengths and offsets count bytes
         end = len(source)
         events: list[Any] = []
         pos = 0

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 import reign
 from reign import _wire
 
-from cluster_util import CA, make_cluster, raw_peer, wait_connected, wait_for
+from cluster_util import CA, drain, make_cluster, raw_peer, wait_connected, wait_for
 
 
 @reign.register_type(name="test.Chat")
@@ -416,6 +416,48 @@ async def test_undecodable_message_for_a_closed_mailbox_is_dropped_unread(spec3:
         assert n2.statistics().peers[1].state == "up"
         writer.write(wire.message(live.id, b"\xff\xff garbage"))  # to a live one: protocol error
         await wait_for(lambda: n2.statistics().peers[1].state == "down")
+        writer.close()
+
+
+async def test_messages_before_a_bad_payload_in_one_read_are_delivered_once_in_order(
+    spec3: Path,
+) -> None:
+    async with reign.create_from_spec_file(spec3, 2) as n2:
+        reader, writer, wire = await raw_peer(spec3, 1, n2)
+        live, live_box = n2.new_mailbox()
+        watched, _ = n2.new_mailbox()
+        good = [wire.message(live.id, reign._codec.encode(("m", i))) for i in range(3)]
+        writer.write(good[0] + good[1] + wire.link(watched.id) + wire.message(live.id, b"\xff") + good[2])
+        await wait_for(lambda: n2.statistics().peers[1].state == "down")
+        assert drain(live_box) == [("m", 0), ("m", 1)]
+        writer.close()
+
+
+async def test_one_read_of_many_message_runs_is_decoded_from_one_stream(
+    spec3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages interleaved with other frames come as many runs sharing one read: the batch
+    decoder starts once per read, not once per run (which re-copied and re-scanned the read)."""
+    from reign._codec import BatchDecoder
+
+    starts: list[int] = []
+    original = BatchDecoder.start
+
+    def counting_start(self: BatchDecoder, data: bytes) -> object:
+        starts.append(len(data))
+        return original(self, data)
+
+    monkeypatch.setattr(BatchDecoder, "start", counting_start)
+    async with reign.create_from_spec_file(spec3, 2) as n2:
+        reader, writer, wire = await raw_peer(spec3, 1, n2)
+        box_address, box = n2.new_mailbox()
+        chunk = b"".join(wire.message(box_address.id, reign._codec.encode(i)) + wire.tick() for i in range(500))
+        starts.clear()
+        writer.write(chunk)
+        await wait_for(lambda: len(box) == 500)
+        assert drain(box) == list(range(500))
+        assert len(starts) < 50  # one per read of the 500 runs (a few reads at most)
+        assert n2.statistics().peers[1].state == "up"
         writer.close()
 
 

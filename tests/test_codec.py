@@ -11,6 +11,7 @@ import fractions
 import gc
 import io
 import re
+import sys
 import threading
 import time
 import tracemalloc
@@ -235,6 +236,42 @@ def test_atom_cache_is_bounded_and_never_changes_the_bytes(monkeypatch: pytest.M
         encode({"\ud800": 1})
     with pytest.raises(EncodeError, match="Unicode"):
         encode(("\ud800", 1))
+
+
+def test_encoding_containers_another_thread_changes_never_writes_bad_cbor() -> None:
+    """The walk is Python: a thread switch may come between any two items. Each container is
+    written as it was when reached, so the bytes always decode (no length disagreeing with its
+    items, no key written twice)."""
+    lists = [[1, 2, 3] for _ in range(4)]
+    table: dict[Any, Any] = {i: i for i in range(8)}
+    message = {"lists": lists, "table": table, "tuple": (lists[0], table)}
+    stop = threading.Event()
+
+    def mutate() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for lst in lists:
+                lst.append(n)
+                lst.pop(0)
+                if len(lst) > 6:
+                    del lst[:3]
+            table[n % 16] = n
+            table.pop((n + 5) % 16, None)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=mutate)
+    thread.start()
+    try:
+        for _ in range(3000):
+            decoded = decode(encode(message), make_address)  # DecodeError if the bytes were bad
+            assert set(decoded) == {"lists", "table", "tuple"}
+            assert all(len(lst) <= 6 for lst in decoded["lists"])
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(previous)
 
 
 def test_encoder_tags_decode_with_cbor2s_tag_hook() -> None:
@@ -907,6 +944,10 @@ def test_batch_decoder_does_not_keep_a_large_read_alive() -> None:
     assert len(batch._stream.getbuffer()) < (1 << 16)
     values, failure = batch.decode_all([encode("a"), encode("b")])  # a small read stays
     assert values == ["a", "b"] and 0 < len(batch._stream.getbuffer()) < 100
+    # nor after a payload that fails to decode
+    values, failure = batch.decode_all([encode(b"x" * (1 << 20)), b"\xff"])
+    assert len(values) == 1 and isinstance(failure, DecodeError)
+    assert len(batch._data) < (1 << 16) and len(batch._stream.getbuffer()) < (1 << 16)
 
 
 def test_batch_decoder_matches_decode_and_checks_every_boundary() -> None:

@@ -534,6 +534,10 @@ def test_consecutive_messages_come_as_one_run_split_by_other_frames() -> None:
         assert (start, end) == (index * frame_size + 21, (index + 1) * frame_size)
     assert all(first.data[start:end] == payload for _, _, start, end in first.frames)
     assert last.messages() == [Message(INC_B, 9, b"\x01")] * 2
+    # a view of 16-bit items still counts bytes
+    two = a.message(B_MAILBOX, b"\x01\x02\x03") * 2
+    assert len(two) % 2 == 0
+    assert recv(b, memoryview(bytearray(two)).cast("H")) == [Message(INC_B, 9, b"\x01\x02\x03")] * 2
     # a frame cut across two calls still ends up in a run, with its own data
     half = len(a.message(B_MAILBOX, payload)) // 2
     one = a.message(B_MAILBOX, payload)
