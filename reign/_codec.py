@@ -492,6 +492,8 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
                     append(atoms.get(key) or _atom_bytes(key))
                 else:
                     _put(key, out, depth, budget)
+                # _put's two commonest branches, inlined here and in the loop below on purpose:
+                # a call per item would cost ~0.1 us, a tenth of encoding a small message.
                 tv = type(value)
                 if tv is str:
                     data = value.encode()
