@@ -13,13 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-sys.path.insert(0, str(ROOT / "tests"))
 # Throwaway CA, certificates and a spec on free loopback ports: the same helpers the tests use.
-from cluster_util import free_ports, make_cluster  # noqa: E402, F401
+from reign.testing import free_ports, make_cluster  # noqa: F401 - re-exported for the benchmarks
 
 
 def quiet_logs() -> None:

@@ -47,7 +47,8 @@ import _bench_util as util  # noqa: E402
 import _raw_tls as raw  # noqa: E402
 
 import reign  # noqa: E402
-from reign import _codec, _tls  # noqa: E402
+from reign._config import tls as _tls  # noqa: E402
+from reign._core import codec as _codec  # noqa: E402
 
 BATCH = 1000
 #: A one-way run that makes no progress for this long is reported as a stall, not waited on.

@@ -45,9 +45,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _path in (HERE, ROOT / "tests", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 BATCH = 1000
 TIMEOUT = 30.0
@@ -84,13 +81,12 @@ def quiet_logs() -> None:
 
 async def reign_pair(folder: Path, body: Callable[[Any, Any], Any]) -> None:
     """Two connected reign nodes (ids 1 and 2) in this process; runs ``await body(n1, n2)``."""
-    from cluster_util import make_cluster, wait_connected
-
     import reign
+    from reign.testing import make_cluster, wait_until
 
     spec = make_cluster(folder, [1, 2])
     async with reign.create_from_spec_file(spec, 1) as n1, reign.create_from_spec_file(spec, 2) as n2:
-        await wait_connected([n1, n2])
+        await wait_until(lambda: n1.statistics().peers[2].state == n2.statistics().peers[1].state == "up")
         await body(n1, n2)
 
 
@@ -144,10 +140,10 @@ async def raw_pair(folder: Path, body: Callable[[Any, Any], Any]) -> None:
     """A raw-TLS server (node 0's credentials) and a client (node 1's) in this process; runs
     ``await body(conn, address)`` where ``address`` is a reign address for payload building."""
     import _raw_tls as raw
-    from cluster_util import free_ports, make_cluster
+    from reign.testing import free_ports, make_cluster
 
     import reign
-    from reign import _tls
+    from reign._config import tls as _tls
 
     spec = reign.ClusterSpec.load(make_cluster(folder, [0, 1]))
     port = free_ports(1)[0]
@@ -167,7 +163,7 @@ def raw_oneway(n: int, message: Any) -> Callable[[Any, Any], Any]:
     async def body(conn: Any, address: Any) -> None:
         import _raw_tls as raw
 
-        from reign import _codec
+        from reign._core import codec as _codec
 
         payload = _codec.encode(message)
         await raw.oneway(conn, lambda i: payload, n, BATCH)
@@ -179,7 +175,7 @@ def raw_pingpong(n: int) -> Callable[[Any, Any], Any]:
     async def body(conn: Any, address: Any) -> None:
         import _raw_tls as raw
 
-        from reign import _codec
+        from reign._core import codec as _codec
 
         await raw.pingpong(conn, _codec.encode((address, 1234)), n)
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import reign  # noqa: E402
 
 BATCH = 1000

@@ -22,7 +22,7 @@ Before starting, the run estimates its memory (connection ends x (read buffer + 
 refuses when that exceeds 75% of MemAvailable (``--force`` overrides): this machine is shared.
 
 Two EXPERIMENT options patch reign inside the workers (never by default; the output says so):
-``--read-buffer BYTES`` sets ``reign._cluster.READ_BUFFER_BYTES`` (one per node, shared by its
+``--read-buffer BYTES`` sets ``reign._runtime.cluster.READ_BUFFER_BYTES`` (one per node, shared by its
 connections), ``--dial-limit K`` lets at most K dials (connect + TLS + HELLO) be in flight per
 worker process, on top of reign's own per-node limit (``DIAL_CONCURRENCY``).
 """
@@ -48,11 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_util as util  # noqa: E402
 
 import reign  # noqa: E402
-from reign import _cluster as _reign_cluster  # noqa: E402
+from reign._runtime import cluster as _reign_cluster  # noqa: E402
 
 #: File descriptors a worker needs beyond one per connection end and listener.
 FD_MARGIN = 256
-#: Read buffer each node allocates once and shares across its connections (reign._cluster);
+#: Read buffer each node allocates once and shares across its connections (reign._runtime.cluster);
 #: only used for the memory estimate.
 READ_BUFFER_BYTES: int = getattr(_reign_cluster, "READ_BUFFER_BYTES", 256 * 1024)
 #: Measured RSS per connection end besides the read buffer (TLS state, transports, protocol
@@ -89,7 +89,7 @@ async def worker_main(
 ) -> None:
     import structlog
 
-    from reign import _cluster
+    from reign._runtime import cluster as _cluster
 
     if read_buffer:  # experiment only: what a smaller per-connection read buffer would save
         _cluster.READ_BUFFER_BYTES = read_buffer
@@ -431,7 +431,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on the mesh after this")
     parser.add_argument("--progress", type=float, default=5.0, help="progress line every so many s")
     parser.add_argument("--read-buffer", type=int, default=None, metavar="BYTES",
-                        help="EXPERIMENT: patch reign._cluster.READ_BUFFER_BYTES (256 KiB, one per "
+                        help="EXPERIMENT: patch reign._runtime.cluster.READ_BUFFER_BYTES (256 KiB, one per "
                              "node) in the workers to show what it costs")
     parser.add_argument("--dial-limit", type=int, default=None, metavar="K",
                         help="EXPERIMENT: patch reign so each worker process has at most K dials "

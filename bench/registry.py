@@ -29,11 +29,12 @@ from pathlib import Path
 import structlog
 import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-import reign  # noqa: E402
-from cluster_util import make_cluster, wait_connected  # noqa: E402
+import reign
+from reign.testing import make_cluster
+
+
+async def wait_connected(nodes: list[reign.Node], timeout: float) -> None:
+    await asyncio.gather(*(node.wait_connected(timeout=timeout) for node in nodes))
 
 
 def ms(seconds: float) -> str:

@@ -1,11 +1,12 @@
-"""Coverage-guided fuzzing of the wire layer and the codec (atheris).
+"""Coverage-guided fuzzing of the receive path and the codec (atheris).
 
 The property, as h11's fuzz harness states its own: for any bytes from a peer,
 
 * ``_codec.decode`` returns a value or raises ``DecodeError``; nothing else;
-* ``WireProtocol.receive_data`` returns events or raises ``ProtocolError`` (``DecodeError`` and
+* the node's receive path (``Inbound.receive`` over a ``PeerProtocol``, the code a connection
+  runs) delivers values and reports events or raises ``ProtocolError`` (``DecodeError`` and
   ``HandshakeError`` are subclasses); nothing else; and feeding the same bytes whole or one
-  byte at a time gives the same events and the same error;
+  byte at a time gives the same deliveries and events and the same error;
 * with the structural pre-scan forced on, ``decode`` accepts and refuses the same inputs
   (except the scan's own memory-budget refusals).
 
@@ -29,32 +30,41 @@ CLUSTER = bytes(range(32))
 
 
 def _established_pair() -> tuple[Any, Any]:
-    from reign._wire import WireProtocol
+    from reign._core.protocol import PeerProtocol
 
-    a = WireProtocol(local_node=1, local_incarnation=11, cluster_id=CLUSTER, expected_peer=2)
-    b = WireProtocol(local_node=2, local_incarnation=22, cluster_id=CLUSTER, expected_peer=1)
-    a.receive_data(b.hello())
-    b.receive_data(a.hello())
-    a.receive_data(b.accept())
-    b.receive_data(a.accept())
+    a = PeerProtocol(local_node=1, local_incarnation=11, cluster_id=CLUSTER, expected_peer=2)
+    b = PeerProtocol(local_node=2, local_incarnation=22, cluster_id=CLUSTER, expected_peer=1)
+    a.receive_data(b.data_to_send())
+    b.receive_data(a.data_to_send())
+    a.receive_data(b.data_to_send())  # the ACCEPTs
+    b.receive_data(a.data_to_send())
     return a, b
 
 
-def _feed(wire: Any, chunks: list[bytes]) -> tuple[list[Any], str | None]:
+class _Collect:
+    def __init__(self, into: list[Any]) -> None:
+        self.deliver = into.append
+
+
+def _feed(protocol: Any, chunks: list[bytes]) -> tuple[list[Any], str | None]:
+    """The node's receive path (``Inbound.receive``) fed ``chunks``: what reaches mailbox
+    serial 5 and every other event, in order, and the error that ended it."""
+    from reign._core.inbound import Inbound
     from reign._errors import ProtocolError
 
     events: list[Any] = []
+    inbound = Inbound(incarnation=22, lookup={5: _Collect(events)}.get,
+                      make_address=lambda mid: ("address", mid))
     try:
         for chunk in chunks:
-            for event in wire.receive_data(chunk):  # runs of messages expanded, to compare
-                events.extend(event.messages() if hasattr(event, "messages") else [event])
+            inbound.receive(protocol, chunk, events.append, events.append)
     except ProtocolError as exc:
         return events, f"{type(exc).__name__}: {exc}"
     return events, None
 
 
 def _decode(data: bytes) -> tuple[str, Any]:
-    from reign import _codec
+    from reign._core import codec as _codec
     from reign._errors import DecodeError
 
     try:
@@ -64,8 +74,8 @@ def _decode(data: bytes) -> tuple[str, Any]:
 
 
 def test_one_input(data: bytes) -> None:
-    from reign import _codec
-    from reign._wire import WireProtocol
+    from reign._core.codec import decoder as _decoder
+    from reign._core.protocol import PeerProtocol
 
     if not data:
         return
@@ -73,19 +83,19 @@ def test_one_input(data: bytes) -> None:
 
     # 1. the codec, both decode paths
     plain = _decode(rest)
-    saved = _codec.SCAN_THRESHOLD
-    _codec.SCAN_THRESHOLD = -1
+    saved = _decoder.SCAN_THRESHOLD
+    _decoder.SCAN_THRESHOLD = -1
     try:
         scanned = _decode(rest)
     finally:
-        _codec.SCAN_THRESHOLD = saved
+        _decoder.SCAN_THRESHOLD = saved
     if not (scanned[0] == "error" and "more than" in scanned[1]):
         assert plain[0] == scanned[0], (plain, scanned)
 
-    # 2. the wire layer, in the handshake (mode odd) or after it, whole vs byte by byte
+    # 2. the protocol and the receive path, in the handshake (mode odd) or after it, whole vs byte by byte
     if mode & 1:
-        whole = WireProtocol(local_node=2, local_incarnation=22, cluster_id=CLUSTER, expected_peer=1)
-        bytewise = WireProtocol(local_node=2, local_incarnation=22, cluster_id=CLUSTER, expected_peer=1)
+        whole = PeerProtocol(local_node=2, local_incarnation=22, cluster_id=CLUSTER, expected_peer=1)
+        bytewise = PeerProtocol(local_node=2, local_incarnation=22, cluster_id=CLUSTER, expected_peer=1)
     else:
         whole, bytewise = _established_pair()[1], _established_pair()[1]
     events_whole, error_whole = _feed(whole, [rest])
@@ -103,8 +113,9 @@ def main() -> None:
     except ImportError:
         sys.exit("atheris is not installed: pip install atheris")
     with atheris.instrument_imports():
-        import reign._codec  # noqa: F401
-        import reign._wire  # noqa: F401
+        import reign._core.codec  # noqa: F401
+        import reign._core.inbound  # noqa: F401
+        import reign._core.protocol  # noqa: F401
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

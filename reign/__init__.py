@@ -1,57 +1,85 @@
 """reign: Erlang-style mailboxes, addresses and TLS clustering for asyncio.
 
 Processes are asyncio tasks; a :class:`Mailbox` is a process's message queue and its
-:class:`Address` is the PID-like handle that works the same anywhere in the cluster.
-The public contract is documented in the project's README and API notes.
+:class:`Address` is the PID-like handle that works the same anywhere in the cluster. The API
+is documented in ``docs/api.md``; everything public is importable from here.
+
+The names below are loaded on first use (PEP 562), so importing the sans-IO core
+(``reign._core``) does not load asyncio, ssl or the runtime.
 """
 
-from ._address import Address
-from ._cluster import PeerStatistics
-from ._codec import register_type
-from ._errors import (
-    CantGloballyRegisterError,
-    ClusterSpecError,
-    DecodeError,
-    Empty,
-    EncodeError,
-    HandshakeError,
-    IllegalAddressFormatError,
-    MailboxClosedError,
-    ProtocolError,
-    ReignError,
-)
-from ._ids import MailboxID
-from ._mailbox import Mailbox
-from ._messages import MailboxClosed, MultipleClaim
-from ._names import Names
-from ._node import Node, NodeStatistics, create_from_spec, create_from_spec_file, no_clustering, run
-from ._spec import ClusterSpec, NodeSpec
+from __future__ import annotations
 
-__all__ = [
-    "Address",
-    "CantGloballyRegisterError",
-    "ClusterSpec",
-    "ClusterSpecError",
-    "DecodeError",
-    "Empty",
-    "EncodeError",
-    "HandshakeError",
-    "IllegalAddressFormatError",
-    "Mailbox",
-    "MailboxClosed",
-    "MailboxClosedError",
-    "MailboxID",
-    "MultipleClaim",
-    "Names",
-    "Node",
-    "NodeSpec",
-    "NodeStatistics",
-    "PeerStatistics",
-    "ProtocolError",
-    "ReignError",
-    "create_from_spec",
-    "create_from_spec_file",
-    "no_clustering",
-    "register_type",
-    "run",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Address": "reign._core.address",
+    "CantGloballyRegisterError": "reign._errors",
+    "ClusterSpec": "reign._config.spec",
+    "ClusterSpecError": "reign._errors",
+    "DecodeError": "reign._errors",
+    "Empty": "reign._errors",
+    "EncodeError": "reign._errors",
+    "HandshakeError": "reign._errors",
+    "IllegalAddressFormatError": "reign._errors",
+    "Mailbox": "reign._runtime.mailbox",
+    "MailboxClosed": "reign._core.messages",
+    "MailboxClosedError": "reign._errors",
+    "MailboxID": "reign._core.ids",
+    "MultipleClaim": "reign._core.messages",
+    "Names": "reign._runtime.names",
+    "Node": "reign._runtime.node",
+    "NodeSpec": "reign._config.spec",
+    "NodeStatistics": "reign._runtime.node",
+    "PeerStatistics": "reign._runtime.peer",
+    "ProtocolError": "reign._errors",
+    "ReignError": "reign._errors",
+    "create_from_spec": "reign._runtime.node",
+    "create_from_spec_file": "reign._runtime.node",
+    "no_clustering": "reign._runtime.node",
+    "register_type": "reign._core.codec.types",
+    "run": "reign._runtime.node",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reign' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from ._config.spec import ClusterSpec, NodeSpec
+    from ._core.address import Address
+    from ._core.codec.types import register_type
+    from ._core.ids import MailboxID
+    from ._core.messages import MailboxClosed, MultipleClaim
+    from ._errors import (
+        CantGloballyRegisterError,
+        ClusterSpecError,
+        DecodeError,
+        Empty,
+        EncodeError,
+        HandshakeError,
+        IllegalAddressFormatError,
+        MailboxClosedError,
+        ProtocolError,
+        ReignError,
+    )
+    from ._runtime.mailbox import Mailbox
+    from ._runtime.names import Names
+    from ._runtime.node import Node, NodeStatistics, create_from_spec, create_from_spec_file, no_clustering, run
+    from ._runtime.peer import PeerStatistics

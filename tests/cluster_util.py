@@ -1,88 +1,27 @@
-"""Helpers for cluster tests: throwaway CAs, node certificates, specs on free loopback ports,
-and child-process nodes. Everything is real: real certificates, real TLS, real sockets."""
+"""Helpers for cluster tests: child-process nodes, hand-driven peers, waiting and draining.
+
+Throwaway CAs, certificates and specs come from :mod:`reign.testing` (re-exported here).
+Everything is real: real certificates, real TLS, real sockets."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reign import _certs
+from reign.testing import CA, free_ports, make_cluster, wait_until, write_spec  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_PROC = Path(__file__).resolve().parent / "node_proc.py"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on 127.0.0.1 (closed again, so free for a moment)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class CA:
-    """A cluster CA in a folder, issuing node certificates on demand."""
-
-    def __init__(self, folder: Path, organization: str = "reign-test") -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key = _certs.create_ca(organization)
-        (folder / "reign_ca.crt").write_bytes(self.cert)
-
-    def issue(self, node_id: int, folder: Path | None = None) -> tuple[bytes, bytes]:
-        cert, key = _certs.create_node_certificate(self.cert, self.key, node_id)
-        target = folder or self.folder
-        (target / f"reign_node.{node_id}.crt").write_bytes(cert)
-        (target / f"reign_node.{node_id}.key").write_bytes(key)
-        return cert, key
-
-
-def write_spec(folder: Path, ids: Iterable[int], **tuning: Any) -> Path:
-    """A cluster.json for ``ids`` on free loopback ports, credentials beside it."""
-    ids = list(ids)
-    ports = free_ports(len(ids))
-    spec = {
-        "nodes": [{"id": i, "address": f"127.0.0.1:{p}"} for i, p in zip(ids, ports)],
-        "node_key_path": "reign_node.%d.key",
-        "node_cert_path": "reign_node.%d.crt",
-        "cluster_cert_path": "reign_ca.crt",
-        **tuning,
-    }
-    path = folder / "cluster.json"
-    path.write_text(json.dumps(spec, indent=2))
-    return path
-
-
-def make_cluster(folder: Path, ids: Iterable[int], **tuning: Any) -> Path:
-    """A CA, a certificate per node and a spec, all in ``folder``; returns the spec path."""
-    ids = list(ids)
-    ca = CA(folder)
-    for i in ids:
-        ca.issue(i)
-    return write_spec(folder, ids, **tuning)
-
-
 async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.01) -> None:
     """Poll ``predicate()`` until true; fail the test (TimeoutError) after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s: {predicate}")
-        await asyncio.sleep(interval)
+    await wait_until(predicate, timeout=timeout, interval=interval)
 
 
 async def wait_connected(nodes: list[Any], timeout: float = 20.0) -> None:
@@ -146,24 +85,30 @@ class ChildNode:
 
 async def raw_peer(spec_path: Path, as_node: int, to: Any, incarnation: int = 7) -> tuple[Any, Any, Any]:
     """A hand-driven authenticated peer: real TLS with ``as_node``'s certificate to node ``to``
-    (a started reign.Node), HELLO and ACCEPT done. Returns ``(reader, writer, wire)`` where
-    ``wire`` is the peer's own ``reign._wire.WireProtocol`` for crafting frames."""
-    from reign import ClusterSpec, _wire
-    from reign._certs import cluster_identity
-    from reign._tls import client_context
+    (a started reign.Node), HELLO and ACCEPT done. Returns ``(reader, writer, protocol)`` where
+    ``protocol`` is the peer's own ``reign._core.protocol.PeerProtocol`` for crafting frames."""
+    from reign import ClusterSpec
+    from reign._config.certs import cluster_identity
+    from reign._config.tls import client_context
+    from reign._core.protocol import Established, PeerProtocol
 
     cert, key, ca = ClusterSpec.load(spec_path).load_credentials(as_node)
-    host, port = to._cluster.me.listen_address
+    host, port = listen_address(to)
     reader, writer = await asyncio.open_connection(host, port, ssl=client_context(cert, key, ca))
-    wire = _wire.WireProtocol(local_node=as_node, local_incarnation=incarnation,
-                              cluster_id=cluster_identity(ca), expected_peer=to.id)
-    writer.write(wire.hello())
+    protocol = PeerProtocol(local_node=as_node, local_incarnation=incarnation,
+                            cluster_id=cluster_identity(ca), expected_peer=to.id)
+    writer.write(protocol.data_to_send())
     events: list[Any] = []
-    while len(events) < 2:  # the node's HELLO and ACCEPT
-        events += wire.receive_data(await asyncio.wait_for(reader.read(65536), 10))
-    writer.write(wire.accept())
+    while Established not in map(type, events):  # the node's HELLO and ACCEPT
+        events += protocol.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+        writer.write(protocol.data_to_send())
     await wait_for(lambda: to.statistics().peers[as_node].state == "up")
-    return reader, writer, wire
+    return reader, writer, protocol
+
+
+def listen_address(node: Any) -> tuple[str, int]:
+    """Where the started clustered ``node`` listens."""
+    return node.spec.node(node.id).listen_address  # type: ignore[no-any-return]
 
 
 def drain(mbox: Any) -> list[object]:

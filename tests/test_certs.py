@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from reign._certs import (
+from reign._config.certs import (
     check_ca_credentials,
     check_node_credentials,
     cluster_identity,

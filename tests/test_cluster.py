@@ -12,9 +12,10 @@ import pytest
 from structlog.testing import capture_logs
 
 import reign
-from reign import _wire
+from reign._core import codec as _codec
+from reign._core import frames as _wire
 
-from cluster_util import CA, drain, make_cluster, raw_peer, wait_connected, wait_for
+from cluster_util import listen_address, CA, drain, make_cluster, raw_peer, wait_connected, wait_for
 
 
 @reign.register_type(name="test.Chat")
@@ -42,7 +43,7 @@ async def test_two_nodes_exchange_messages_both_ways(spec3: Path) -> None:
         assert remote_a2.send(("hello", a1)) is True
         msg, reply_to = await m2.receive(timeout=10)
         assert msg == "hello" and reply_to == a1
-        assert reply_to._node is n2  # decoded addresses are bound to the receiving node
+        assert reply_to._router is n2  # decoded addresses are bound to the receiving node
         assert reply_to.send({"answer": 42, "list": [1, 2.5, None, True, b"x"]}) is True
         assert await m1.receive(timeout=10) == {"answer": 42, "list": [1, 2.5, None, True, b"x"]}
 
@@ -270,11 +271,7 @@ async def test_certificate_of_another_node_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(reign.ClusterSpecError, match="node 3"):
         reign.create_from_spec(data, 2)  # caught locally before anything is sent
     # forced past the local check, the peer still refuses it
-    from reign import _cluster, _node
-
-    n2 = _node.Node(2)
-    n2._cluster = _cluster.Cluster(n2, data, 2, credentials=data.load_credentials(2, verify=False))
-    n2._names._attach_cluster(n2._cluster)
+    n2 = reign.Node(2, data, credentials=data.load_credentials(2, verify=False))
     with capture_logs() as logs:
         async with reign.create_from_spec_file(spec, 1) as n1, n2:
             await _assert_never_up(n1, 2)
@@ -285,7 +282,7 @@ async def test_certificate_of_another_node_is_rejected(tmp_path: Path) -> None:
 async def test_client_without_certificate_is_rejected(spec3: Path) -> None:
     with capture_logs() as logs:
         async with reign.create_from_spec_file(spec3, 2) as n2:
-            host, port = n2._cluster.me.listen_address
+            host, port = listen_address(n2)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -299,7 +296,7 @@ async def test_client_without_certificate_is_rejected(spec3: Path) -> None:
 
 async def test_junk_and_stalled_handshakes_do_not_disturb(spec3: Path) -> None:
     async with reign.create_from_spec_file(spec3, 2) as n2:
-        host, port = n2._cluster.me.listen_address
+        host, port = listen_address(n2)
         stalled = []
         for _ in range(20):
             s = socket.create_connection((host, port))
@@ -390,7 +387,12 @@ async def test_stop_ends_pending_sync_and_later_sends_are_refused(spec3: Path) -
         await wait_connected([n1, n2])
         a2, _ = n2.new_mailbox()
         remote = n1.address(str(a2))
-        n2._cluster.control_handler = lambda peer, payload: None  # node 2 never answers syncs
+        class Deaf:  # node 2's registry never answers syncs
+            def peer_up(self, peer: int, incarnation: int) -> None: ...
+            def peer_down(self, peer: int) -> None: ...
+            def control(self, peer: int, payload: object) -> None: ...
+
+        n2._cluster.listeners[:] = [Deaf()]
         waiter = asyncio.ensure_future(n1.names.sync(timeout=None))
         await asyncio.sleep(0.1)
         assert not waiter.done()
@@ -426,8 +428,8 @@ async def test_messages_before_a_bad_payload_in_one_read_are_delivered_once_in_o
         reader, writer, wire = await raw_peer(spec3, 1, n2)
         live, live_box = n2.new_mailbox()
         watched, _ = n2.new_mailbox()
-        good = [wire.message(live.id, reign._codec.encode(("m", i))) for i in range(3)]
-        writer.write(good[0] + good[1] + wire.link(watched.id) + wire.message(live.id, b"\xff") + good[2])
+        good = [wire.message(live.id, _codec.encode(("m", i))) for i in range(3)]
+        writer.write(good[0] + good[1] + wire.monitor(watched.id) + wire.message(live.id, b"\xff") + good[2])
         await wait_for(lambda: n2.statistics().peers[1].state == "down")
         assert drain(live_box) == [("m", 0), ("m", 1)]
         writer.close()
@@ -438,7 +440,7 @@ async def test_one_read_of_many_message_runs_is_decoded_from_one_stream(
 ) -> None:
     """Messages interleaved with other frames come as many runs sharing one read: the batch
     decoder starts once per read, not once per run (which re-copied and re-scanned the read)."""
-    from reign._codec import BatchDecoder
+    from reign._core.codec import BatchDecoder
 
     starts: list[int] = []
     original = BatchDecoder.start
@@ -451,7 +453,7 @@ async def test_one_read_of_many_message_runs_is_decoded_from_one_stream(
     async with reign.create_from_spec_file(spec3, 2) as n2:
         reader, writer, wire = await raw_peer(spec3, 1, n2)
         box_address, box = n2.new_mailbox()
-        chunk = b"".join(wire.message(box_address.id, reign._codec.encode(i)) + wire.tick() for i in range(500))
+        chunk = b"".join(wire.message(box_address.id, _codec.encode(i)) + wire.tick() for i in range(500))
         starts.clear()
         writer.write(chunk)
         await wait_for(lambda: len(box) == 500)

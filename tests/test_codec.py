@@ -23,12 +23,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from reign import _codec
-from reign._address import Address
-from reign._codec import MAX_DEPTH, MEMORY_FACTOR, SCAN_THRESHOLD, decode, encode, register_type
+from reign._core import codec as _codec
+from reign._core.codec import decoder as _decoder
+from reign._core.codec import encoder as _encoder
+from reign._core.codec import scan as _scan
+from reign._core.codec import types as _types
+from reign._core.address import Address
+from reign._core.codec import MAX_DEPTH, MEMORY_FACTOR, SCAN_THRESHOLD, decode, encode, register_type
 from reign._errors import DecodeError, EncodeError
-from reign._ids import MailboxID
-from reign._messages import MailboxClosed, MultipleClaim
+from reign._core.ids import MailboxID
+from reign._core.messages import MailboxClosed, MultipleClaim
 
 NODE = object()  # Address only stores its node; the codec never touches it
 
@@ -223,15 +227,15 @@ def test_encoder_int_and_length_boundaries_match_cbor2() -> None:
 
 
 def test_atom_cache_is_bounded_and_never_changes_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_codec, "_ATOMS", {})
-    monkeypatch.setattr(_codec, "ATOM_CACHE_SIZE", 8)
+    monkeypatch.setattr(_encoder, "_ATOMS", {})
+    monkeypatch.setattr(_encoder, "ATOM_CACHE_SIZE", 8)
     for round_ in range(3):  # cold, warm, and after the cache started over
         for i in range(20):
             key = f"k{i}" * (1 + i % 3)
             value = {key: i, "x" * 40: (key, "y" * 40)}
             assert encode(value) == cbor2.dumps({key: i, "x" * 40: cbor2.CBORTag(51200, [key, "y" * 40])})
-            assert len(_codec._ATOMS) <= 8
-    assert "x" * 40 not in _codec._ATOMS  # long strings are not kept
+            assert len(_encoder._ATOMS) <= 8
+    assert "x" * 40 not in _encoder._ATOMS  # long strings are not kept
     with pytest.raises(EncodeError, match="Unicode"):
         encode({"\ud800": 1})
     with pytest.raises(EncodeError, match="Unicode"):
@@ -453,7 +457,7 @@ def test_encode_refuses_exponential_dag_quickly(monkeypatch: pytest.MonkeyPatch)
     x: Any = [1]
     for _ in range(40):
         x = [x, x]  # 2**40 items once expanded, 41 distinct lists
-    monkeypatch.setattr(_codec, "MAX_ITEMS", 100_000)  # the real limit takes ~0.5 s to reach
+    monkeypatch.setattr(_encoder, "MAX_ITEMS", 100_000)  # the real limit takes ~0.5 s to reach
     started = time.perf_counter()
     with pytest.raises(EncodeError, match="more than 100000 items"):
         encode(x)
@@ -516,7 +520,7 @@ def test_register_type_rules() -> None:
 
 
 def test_default_name_is_module_and_qualname() -> None:
-    assert _codec._BY_TYPE[Mutable].name == f"{__name__}.Mutable"
+    assert _types.BY_TYPE[Mutable].name == f"{__name__}.Mutable"
     assert b"test_codec.Mutable" in encode(Mutable([]))
 
 
@@ -755,7 +759,7 @@ NEAR_LIMIT_SHAPES = {
 def test_memory_estimate_is_an_upper_bound(shape: str) -> None:
     data = encode(NEAR_LIMIT_SHAPES[shape])
     assert len(data) > SCAN_THRESHOLD
-    estimate = _codec._scan(data)
+    estimate = _scan.scan(data)
     assert estimate <= MEMORY_FACTOR * len(data)
     gc.collect()
     tracemalloc.start()
@@ -820,12 +824,12 @@ def mutated_encodings(draw: st.DrawFn) -> bytes:
 def test_fuzz_mutated_messages_and_both_decode_paths_agree(data: bytes) -> None:
     """With the scan forced on (threshold 0), decode accepts and refuses exactly the same."""
     plain = _outcome(data)
-    saved = _codec.SCAN_THRESHOLD
-    _codec.SCAN_THRESHOLD = -1
+    saved = _decoder.SCAN_THRESHOLD
+    _decoder.SCAN_THRESHOLD = -1
     try:
         scanned = _outcome(data)
     finally:
-        _codec.SCAN_THRESHOLD = saved
+        _decoder.SCAN_THRESHOLD = saved
     if scanned[0] == "error" and "more than" in scanned[1]:
         assume(False)  # the memory budget is the scan's own rule
     assert plain[0] == scanned[0], (plain, scanned)
@@ -858,7 +862,7 @@ def test_decode_never_leaks_other_exceptions_for_hostile_registered_hooks() -> N
 def test_pooled_decoders_do_not_keep_large_payloads_alive() -> None:
     data = encode(b"x" * (1 << 20))
     decode(data, make_address)
-    for dec in _codec._DECODER_POOL:
+    for dec in _decoder._DECODER_POOL:
         stream = dec.cbor.fp
         assert isinstance(stream, io.BytesIO) and len(stream.getbuffer()) < (1 << 20)
 
@@ -866,7 +870,7 @@ def test_pooled_decoders_do_not_keep_large_payloads_alive() -> None:
 def test_batch_decoder_decodes_in_place_between_foreign_bytes() -> None:
     """Payloads are decoded at their offsets; bytes between them (frame headers) are never
     read, even ones that look like simple values, while a payload holding one is refused."""
-    from reign._codec import BatchDecoder
+    from reign._core.codec import BatchDecoder
 
     batch = BatchDecoder(lambda mid: mid)
     header = b"\xf7\xf8\xe0" * 7  # what would be 'undefined' and simple values in a payload
@@ -891,7 +895,7 @@ def test_batch_decoder_decodes_in_place_between_foreign_bytes() -> None:
 def test_batch_decoder_finds_simple_values_in_any_payload_of_a_large_read() -> None:
     """Small payloads are checked through windows of the read; large ones by the scan; a
     simple value is refused wherever it is, and values around it are not refused."""
-    from reign._codec import _MARK_WINDOW, BatchDecoder
+    from reign._core.codec.decoder import _MARK_WINDOW, BatchDecoder
 
     good = encode({"k": [1, "\u00f7", b"\xf7\xf8"]})  # marked bytes inside strings: fine
     bad_small = b"\x82\x01\xf7"  # [1, undefined]
@@ -910,7 +914,7 @@ def test_batch_decoder_finds_simple_values_in_any_payload_of_a_large_read() -> N
 
 
 def test_batch_decoder_reuses_addresses_but_keeps_their_checks() -> None:
-    from reign._codec import ADDRESS_CACHE_SIZE, BatchDecoder
+    from reign._core.codec import ADDRESS_CACHE_SIZE, BatchDecoder
 
     made: list[MailboxID] = []
 
@@ -936,7 +940,7 @@ def test_batch_decoder_reuses_addresses_but_keeps_their_checks() -> None:
 
 
 def test_batch_decoder_does_not_keep_a_large_read_alive() -> None:
-    from reign._codec import BatchDecoder
+    from reign._core.codec import BatchDecoder
 
     batch = BatchDecoder(make_address)
     values, failure = batch.decode_all([encode(b"x" * (1 << 20)), encode("small")])
@@ -951,7 +955,7 @@ def test_batch_decoder_does_not_keep_a_large_read_alive() -> None:
 
 
 def test_batch_decoder_matches_decode_and_checks_every_boundary() -> None:
-    from reign._codec import BatchDecoder
+    from reign._core.codec import BatchDecoder
 
     def make_address(mid: MailboxID) -> MailboxID:
         return mid

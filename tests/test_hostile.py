@@ -16,7 +16,7 @@ streaming to the node without a gap.
 
 And a fuzz property of the receive path as the connector runs it (frames, then payload
 decoding): it yields values or a ProtocolError/DecodeError, and whole or byte by byte or in
-random chunks gives the same result. (``test_codec.py`` and ``test_wire.py`` fuzz each layer
+random chunks gives the same result. (``test_codec.py`` and ``test_protocol.py`` fuzz each layer
 alone.)
 """
 
@@ -42,12 +42,20 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import reign
-from reign import _certs, _cluster, _codec, _wire
+from reign._config import certs as _certs
+from reign._core import codec as _codec
+from reign._core import frames as _wire
+from reign._core.codec import decoder as _decoder
+from reign._core.inbound import Inbound
+from reign._core.protocol import Established, PeerProtocol
+from reign._runtime import cluster as _cluster
+from reign._runtime import connection as _connection
 from reign._errors import DecodeError, ProtocolError
-from reign._tls import client_context
+from reign._config.tls import client_context
 
-from cluster_util import CA, make_cluster, wait_connected, wait_for, write_spec
+from cluster_util import listen_address, CA, make_cluster, wait_connected, wait_for, write_spec
 from fault_util import Fleet
+from wire_util import handshake
 
 #: Seconds a hostile connection may live after its last byte was sent.
 CLOSE_WITHIN = 2.0
@@ -118,7 +126,7 @@ async def test_expired_certificates_are_refused_both_ways(tmp_path: Path) -> Non
         (tmp_path / f"reign_node.{node_id}.key").write_bytes(key)
     with capture_logs() as logs:
         async with reign.create_from_spec_file(spec, 2) as n2:
-            port = n2._cluster.me.listen_address[1]  # type: ignore[attr-defined]
+            port = listen_address(n2)[1]
             async with reign.create_from_spec_file(spec, 1), reign.create_from_spec_file(spec, 3):
                 await asyncio.sleep(1.5)
                 peers = n2.statistics().peers
@@ -160,7 +168,7 @@ async def test_tls_1_2_and_older_are_refused(tmp_path: Path, version: str) -> No
         pytest.skip(f"this OpenSSL cannot offer {version}: {exc}")
     with capture_logs() as logs:
         async with reign.create_from_spec_file(spec_path, 2) as n2:
-            port = n2._cluster.me.listen_address[1]  # type: ignore[attr-defined]
+            port = listen_address(n2)[1]
             try:
                 reader, writer = await asyncio.wait_for(_tls_client(port, ctx), 10)
             except ssl.SSLError as exc:
@@ -185,7 +193,7 @@ async def test_stalled_handshakes_are_each_rejected_while_a_real_node_connects(
 ) -> None:
     # The same code path, on a shorter clock: 10 s handshake/HELLO timeouts -> 3 s.
     monkeypatch.setattr(_cluster, "TLS_HANDSHAKE_TIMEOUT", 3.0)
-    monkeypatch.setattr(_cluster, "HELLO_TIMEOUT", 3.0)
+    monkeypatch.setattr(_connection, "HELLO_TIMEOUT", 3.0)
     spec_path = make_cluster(tmp_path, [1, 2, 3], net_ticktime=4)
     spec = reign.ClusterSpec.load(spec_path)
     cert, key, ca = spec.load_credentials(1)
@@ -193,7 +201,7 @@ async def test_stalled_handshakes_are_each_rejected_while_a_real_node_connects(
     silent: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     with capture_logs() as logs:
         async with reign.create_from_spec_file(spec_path, 2) as n2:
-            port = n2._cluster.me.listen_address[1]  # type: ignore[attr-defined]
+            port = listen_address(n2)[1]
             hello = bytes.fromhex("16030100")  # the first bytes of a ClientHello record, no more
             t0 = time.monotonic()
             for i in range(STALLED):
@@ -284,14 +292,14 @@ async def _authenticated(spec: reign.ClusterSpec, port: int, incarnation: int) -
     """A TLS connection to node 2 with node 1's real certificate, HELLO/ACCEPT done."""
     cert, key, ca = spec.load_credentials(1)
     reader, writer = await _tls_client(port, client_context(cert, key, ca))
-    wire = _wire.WireProtocol(local_node=1, local_incarnation=incarnation,
-                              cluster_id=_certs.cluster_identity(ca), expected_peer=2,
-                              max_frame_bytes=spec.max_message_bytes + _wire.MESSAGE_OVERHEAD)
-    writer.write(wire.hello())
+    wire = PeerProtocol(local_node=1, local_incarnation=incarnation,
+                        cluster_id=_certs.cluster_identity(ca), expected_peer=2,
+                        max_frame_bytes=spec.max_message_bytes + _wire.MESSAGE_OVERHEAD)
+    writer.write(wire.data_to_send())
     events: list[Any] = []
-    while len(events) < 2:  # node 2's HELLO and ACCEPT
+    while Established not in map(type, events):  # node 2's HELLO and ACCEPT
         events += wire.receive_data(await asyncio.wait_for(reader.read(65536), 10))
-    writer.write(wire.accept())
+        writer.write(wire.data_to_send())
     try:
         yield reader, writer, wire
     finally:
@@ -338,7 +346,7 @@ async def test_hostile_frames_close_only_that_connection_within_budget(tmp_path:
             await wait_for(lambda: n2.statistics().peers[3].state == "up", timeout=20)
             n3.send("stream", peers=[2], rate=200)
             await wait_for(lambda: len(received) > 50, timeout=10)
-            port = n2._cluster.me.listen_address[1]  # type: ignore[attr-defined]
+            port = listen_address(n2)[1]
             target = inbox.id
             tracemalloc.start()
             try:
@@ -431,36 +439,30 @@ hostile_cbor = st.tuples(
 ).map(lambda parts: parts[0] + parts[1])
 
 
-def _pair() -> tuple[_wire.WireProtocol, _wire.WireProtocol]:
-    a = _wire.WireProtocol(local_node=1, local_incarnation=11, cluster_id=_CLUSTER, expected_peer=2)
-    b = _wire.WireProtocol(local_node=2, local_incarnation=22, cluster_id=_CLUSTER, expected_peer=1)
-    a.receive_data(b.hello())
-    b.receive_data(a.hello())
-    b.receive_data(a.accept())
-    a.receive_data(b.accept())
+def _pair() -> tuple[PeerProtocol, PeerProtocol]:
+    a = PeerProtocol(local_node=1, local_incarnation=11, cluster_id=_CLUSTER, expected_peer=2)
+    b = PeerProtocol(local_node=2, local_incarnation=22, cluster_id=_CLUSTER, expected_peer=1)
+    handshake(a, b)
     return a, b
 
 
+class _Collect:
+    """A mailbox as the receive path sees it, collecting what it is given."""
+
+    def __init__(self, into: list[Any]) -> None:
+        self.deliver = into.append
+
+
 def _receive_path(chunks: list[bytes]) -> tuple[list[Any], str | None]:
-    """What the connector does with bytes from an established peer: frames, then payloads."""
+    """The connector's receive path (``Inbound.receive``, the same code) fed bytes from an
+    established peer: messages for mailbox serial 5, CONTROL payloads and other events, in order."""
     _, receiver = _pair()
     delivered: list[Any] = []
+    inbound = Inbound(incarnation=22, lookup={5: _Collect(delivered)}.get,
+                      make_address=lambda mid: ("address", mid))
     try:
         for chunk in chunks:
-            for event in receiver.receive_data(chunk):
-                if type(event) is _wire.Messages:
-                    # the connector's path: every payload decoded in place from the run's bytes
-                    decoder = _codec.BatchDecoder(lambda mid: ("address", mid))
-                    decode_at = decoder.start(event.data)
-                    try:
-                        for _inc, _serial, start, end in event.frames:
-                            delivered.append(decode_at(start, end))
-                    finally:
-                        decoder.finish()
-                elif type(event) is _wire.Control:
-                    delivered.append(_codec.decode(event.payload, lambda mid: ("address", mid)))
-                else:
-                    delivered.append(event)
+            inbound.receive(receiver, chunk, delivered.append, delivered.append)
     except ProtocolError as exc:  # DecodeError is a ProtocolError; anything else fails the test
         return delivered, f"{type(exc).__name__}"
     return delivered, None
@@ -502,13 +504,13 @@ def test_fuzz_hostile_cbor_decodes_or_raises_decode_error_on_both_paths(data: by
     pre-scan used for large payloads agrees with cbor2 (except its own memory budget)."""
     outcomes = []
     for threshold in (_codec.SCAN_THRESHOLD, -1):
-        saved, _codec.SCAN_THRESHOLD = _codec.SCAN_THRESHOLD, threshold
+        saved, _decoder.SCAN_THRESHOLD = _decoder.SCAN_THRESHOLD, threshold
         try:
             outcomes.append(("ok", _codec.decode(data, lambda mid: mid)))
         except DecodeError as exc:
             outcomes.append(("error", str(exc)))
         finally:
-            _codec.SCAN_THRESHOLD = saved
+            _decoder.SCAN_THRESHOLD = saved
     (plain, plain_value), (scanned, scanned_value) = outcomes
     if scanned == "error" and "more than" in str(scanned_value):
         return  # the memory estimate is the scan's own rule

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reign
-from reign._ids import new_incarnation, parse_mailbox_id
+from reign._core.ids import new_incarnation, parse_mailbox_id
 
 ids = st.builds(
     reign.MailboxID,

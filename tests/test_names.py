@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from cluster_util import drain
 
 import reign
-from reign._names import MAX_NAME_BYTES
+from reign._runtime.names import MAX_NAME_BYTES
 
 
 async def test_register_lookup_seen_and_unregister() -> None:
@@ -285,7 +285,7 @@ async def node() -> AsyncIterator[reign.Node]:
 
 
 async def test_snapshot_and_change_frames_apply(node: reign.Node) -> None:
-    names, handle = node.names, node.names._on_control
+    names, handle = node.names, node.names.control
     addr, mbox = node.new_mailbox()
     names.register("c", addr)
     handle(PEER, ["reg.begin"])
@@ -334,7 +334,7 @@ def ids_of(addrs: list[reign.Address]) -> list[reign.MailboxID]:
     ],
 )
 async def test_malformed_frames_are_protocol_errors(node: reign.Node, frames: object) -> None:
-    handle = node.names._on_control
+    handle = node.names.control
     if frames == ["reg.begin"]:  # the valid frame, then malformed chunks and interleaved changes
         handle(PEER, ["reg.begin"])
         for bad in (

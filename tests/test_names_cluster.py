@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import reign
-from reign._names import MAX_NAME_BYTES
+from reign._runtime.names import MAX_NAME_BYTES
 
 from cluster_util import ROOT, drain, make_cluster, wait_connected, wait_for
 
@@ -70,7 +70,7 @@ async def test_register_on_each_node_and_lookups_agree(spec3: Path) -> None:
             for owner, addr in mine.items():
                 found = node.names.lookup(f"svc{owner}")
                 assert found == addr
-                assert found is not None and found._node is node  # usable from this node
+                assert found is not None and found._router is node  # usable from this node
             assert node.names.lookup("everyone") == mine[1]  # the smallest, on every node
             assert ids(node.names.lookup_all("everyone")) == [mine[i].id for i in (1, 2, 3)]
             assert node.names.seen_names("svc1", "svc2", "svc3", "nobody") == [True, True, True, False]
@@ -327,14 +327,14 @@ async def test_partition_heal_notifies_claimants_on_both_sides_once(spec3: Path)
 
 async def test_sync_waits_for_answers_and_times_out_on_a_silent_peer(spec3: Path) -> None:
     async with running(spec3, [1, 2, 3]) as (n1, n2, n3):
-        cluster2 = n2._cluster  # type: ignore[attr-defined]
-        handler = cluster2.control_handler
+        names2 = n2.names
+        handler = names2.control
 
         def deaf(peer: int, payload: object) -> None:  # node 2 ignores node 1's sync requests
             if not (peer == 1 and isinstance(payload, list) and payload[:1] == ["reg.sync"]):
                 handler(peer, payload)
 
-        cluster2.control_handler = deaf
+        names2.control = deaf  # type: ignore[method-assign]
         with capture_logs() as logs:
             t0 = time.monotonic()
             with pytest.raises(TimeoutError, match=r"\[2\]"):
@@ -349,7 +349,7 @@ async def test_sync_waits_for_answers_and_times_out_on_a_silent_peer(spec3: Path
         assert not waiter.done()
         _abort(n1, 2)
         await asyncio.wait_for(waiter, 5)
-        cluster2.control_handler = handler
+        del names2.control  # type: ignore[method-assign]
 
 
 async def test_malformed_registry_frames_close_only_that_connection(spec3: Path) -> None:

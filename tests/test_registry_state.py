@@ -10,8 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from reign._ids import MailboxID
-from reign._registry_state import NO_EFFECTS, Claim, ClaimChange, Effects, RegistryState
+from reign._core.ids import MailboxID
+from reign._core.registry import NO_EFFECTS, Claim, ClaimChange, Effects, RegistryState
 
 
 def mid(node: int, serial: int, incarnation: int = 1) -> MailboxID:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from reign._certs import check_node_credentials, node_id_from_certificate
-from reign._spec import ClusterSpec
+from reign._config.certs import check_node_credentials, node_id_from_certificate
+from reign._config.spec import ClusterSpec
 from reign_init.__main__ import main
 
 TIMEOUT = 30

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from reign._certs import create_ca, create_node_certificate
+from reign._config.certs import create_ca, create_node_certificate
 from reign._errors import ClusterSpecError
-from reign._spec import (
+from reign._config.spec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_NET_TICKTIME,
     DEFAULT_PENDING_BYTES,

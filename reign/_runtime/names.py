@@ -8,7 +8,7 @@ Invariants
 ----------
 * All registry state is mutated on the node's loop thread only. ``register`` and
   ``unregister`` validate in the caller's thread and forward the change with
-  ``node._call_on_loop``; the loop re-checks that the mailbox is still open (a mailbox that
+  ``node.binding.call``; the loop re-checks that the mailbox is still open (a mailbox that
   closed in between claims nothing). Queries read the state from any thread.
 * A claim is held only while its mailbox is open: the node's closed-mailbox hook drops every
   claim of a closing mailbox, on the loop, before the close returns there.
@@ -47,26 +47,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Iterable
-from threading import get_ident
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import structlog
-
-from ._address import Address
-from ._codec import mailbox_id_from_parts
-from ._errors import CantGloballyRegisterError, ProtocolError
-from ._ids import MailboxID
-from ._messages import MultipleClaim
-from ._registry_state import Effects, RegistryState
+from .._core.address import Address
+from .._core.ids import MailboxID, mailbox_id_from_parts
+from .._core.messages import MultipleClaim
+from .._core.registry import Effects, RegistryState
+from .._errors import CantGloballyRegisterError, ProtocolError
+from .log import get_logger
+from .loop import LoopBinding
 
 if TYPE_CHECKING:
-    from ._cluster import Cluster
-    from ._mailbox import Mailbox
-    from ._node import Node
+    from .mailbox import Mailbox
 
 __all__ = ["Names", "MAX_NAME_BYTES", "SYNC_TIMEOUT", "CHUNK_CLAIMS", "CHUNK_BYTES"]
 
-_log = structlog.get_logger("reign.names")
+_log = get_logger("reign.names")
 
 #: Longest name, in UTF-8 bytes. Erlang's registered names are atoms of at most 255
 #: characters; 512 bytes allows as much for mostly-ASCII text while one claim (name, serial and
@@ -123,6 +119,29 @@ def _checked_name(name: object) -> str:
     return name
 
 
+class NamesHost(Protocol):
+    """What the registry needs from its node (``reign._runtime.node.Node``)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def incarnation(self) -> int: ...
+    @property
+    def binding(self) -> LoopBinding: ...
+    def local_mailbox(self, mailbox_id: MailboxID) -> Mailbox | None: ...
+    def address_for(self, mailbox_id: MailboxID) -> Address: ...
+    def add_close_listener(self, fn: Callable[[Mailbox], object]) -> None: ...
+
+
+class ControlChannel(Protocol):
+    """What the registry needs from the node's connector (``reign._runtime.cluster.Cluster``)."""
+
+    max_message_bytes: int
+
+    def send_control(self, peer_id: int, payload: Any) -> bool: ...
+    def add_listener(self, listener: Any) -> None: ...
+
+
 class Names:
     """The cluster-wide name registry as seen from one node (``node.names``).
 
@@ -134,27 +153,22 @@ class Names:
     queries too; ``sync`` is awaited on the node's loop.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NamesHost, cluster: ControlChannel | None) -> None:
         self._node = node
         self._state = RegistryState(node.id)
-        self._cluster: Cluster | None = None
+        self._cluster = cluster
         self._up: set[int] = set()
         self._sync_seq = itertools.count(1)
         self._syncs: dict[int, tuple[asyncio.Future[None], set[int]]] = {}
         self._received: dict[int, int] = {}  # peer -> claims of its snapshot so far (for logs)
         self._log = _log.bind(node=node.id)
-        node._closed_hooks.append(self._mailbox_closed)
+        node.add_close_listener(self._mailbox_closed)
+        if cluster is not None:
+            cluster.add_listener(self)
 
     def __repr__(self) -> str:
         state = self._state
         return f"<reign.Names node={self._node.id} {state!r}>"
-
-    def _attach_cluster(self, cluster: Cluster) -> None:
-        """Wire the registry to the node's connector (``create_from_spec`` calls this once)."""
-        self._cluster = cluster
-        cluster.control_handler = self._on_control
-        cluster.peer_up_hooks.append(self._peer_up)
-        cluster.peer_down_hooks.append(self._peer_down)
 
     # ------------------------------------------------------------------------- public API
 
@@ -176,7 +190,7 @@ class Names:
                 f"{addr} is not an open mailbox of node {node.id} (incarnation {node.incarnation}); "
                 "only a live local mailbox can claim a global name"
             )
-        self._node._call_on_loop(self._register, name, addr.id)
+        self._node.binding.call(self._register, name, addr.id)
 
     def unregister(self, name: str, addr: Address) -> None:
         """Withdraw ``addr``'s claim on ``name``; other claimants keep theirs.
@@ -185,7 +199,7 @@ class Names:
         node withdraws only its own). Safe from any thread.
         """
         if isinstance(name, str) and type(addr) is Address and addr.id.node == self._node.id:
-            self._node._call_on_loop(self._unregister, str.__str__(name), addr.id)
+            self._node.binding.call(self._unregister, str.__str__(name), addr.id)
 
     def lookup(self, name: str) -> Address | None:
         """The claimant of ``name`` with the smallest ``(node, incarnation, serial)``, or None.
@@ -195,13 +209,13 @@ class Names:
         if not isinstance(name, str):
             return None
         mbox_id = self._query(self._state.lookup, name)
-        return None if mbox_id is None else self._node._address_for(mbox_id)
+        return None if mbox_id is None else self._node.address_for(mbox_id)
 
     def lookup_all(self, name: str) -> list[Address]:
         """Every claimant of ``name`` in this node's view, smallest first (empty if none)."""
         if not isinstance(name, str):
             return []
-        address_for = self._node._address_for
+        address_for = self._node.address_for
         return [address_for(m) for m in self._query(self._state.lookup_all, name)]
 
     def seen_names(self, *names: str) -> list[bool]:
@@ -233,9 +247,7 @@ class Names:
         ``timeout`` seconds (``None``: wait as long as they stay connected). Must be awaited on
         the node's loop (``RuntimeError`` otherwise).
         """
-        node = self._node
-        if node._thread_id is not None and node._thread_id != get_ident():
-            raise RuntimeError("names.sync() must be awaited on the node's own loop")
+        self._node.binding.require_loop_thread("names.sync()")
         cluster = self._cluster
         if cluster is None or not self._up:
             return
@@ -259,11 +271,8 @@ class Names:
     # ------------------------------------------------------------------------- local side
 
     def _is_live(self, mbox_id: MailboxID) -> bool:
-        node = self._node
-        if mbox_id.node != node.id or mbox_id.incarnation != node.incarnation:
-            return False
-        mbox = node._mailboxes.get(mbox_id.serial)
-        return mbox is not None and not mbox._closed
+        mbox = self._node.local_mailbox(mbox_id)
+        return mbox is not None and not mbox.closed
 
     def _register(self, name: str, mbox_id: MailboxID) -> None:
         """Loop thread: claim, unless the mailbox closed since ``register`` checked it."""
@@ -291,9 +300,11 @@ class Names:
                 self._send_to_up(payload)
 
     def _notify(self, notify: tuple[tuple[MailboxID, str], ...]) -> None:
-        address_for = self._node._address_for
+        local_mailbox = self._node.local_mailbox
         for mbox_id, name in notify:
-            address_for(mbox_id).send(MultipleClaim(name))
+            mbox = local_mailbox(mbox_id)
+            if mbox is not None:
+                mbox.deliver(MultipleClaim(name))
         names = sorted({name for _, name in notify})
         self._log.info(
             "names.multiple_claim", names=names[:10], name_count=len(names), notified=len(notify)
@@ -328,12 +339,10 @@ class Names:
 
     # ------------------------------------------------------------------------- peers
 
-    def _peer_up(self, peer: int) -> None:
-        """Cluster hook (loop): record the peer's incarnation, send it our whole snapshot."""
+    def peer_up(self, peer: int, incarnation: int) -> None:
+        """Cluster listener (loop): record the peer's incarnation, send it our whole snapshot."""
         cluster = self._cluster
         assert cluster is not None
-        incarnation = cluster.peers[peer].incarnation
-        assert incarnation is not None
         self._apply(self._state.node_incarnation(peer, incarnation))
         flat: list[Any] = []
         for name, mbox_id in self._state.local_snapshot():
@@ -347,8 +356,8 @@ class Names:
         self._up.add(peer)
         self._log.debug("names.snapshot.sent", peer=peer, claims=len(flat) // 2, chunks=chunks)
 
-    def _peer_down(self, peer: int) -> None:
-        """Cluster hook (loop): forget the peer's claims; it no longer holds up a sync."""
+    def peer_down(self, peer: int) -> None:
+        """Cluster listener (loop): forget the peer's claims; it no longer holds up a sync."""
         self._up.discard(peer)
         self._received.pop(peer, None)
         self._apply(self._state.node_lost(peer))
@@ -357,8 +366,8 @@ class Names:
             if not waiting and not future.done():
                 future.set_result(None)
 
-    def _on_control(self, peer: int, payload: Any) -> None:
-        """Cluster control handler (loop): one registry frame from ``peer``.
+    def control(self, peer: int, payload: Any) -> None:
+        """Cluster listener (loop): one registry frame from ``peer``.
 
         Raises :class:`reign.ProtocolError` for anything a correct peer never sends.
         """
@@ -448,8 +457,7 @@ class Names:
 
     def _query(self, fn: Callable[[str], _T], name: str) -> _T:
         """``fn(name)``; from a foreign thread, retried if the loop changed a set under it."""
-        thread_id = self._node._thread_id
-        if thread_id is None or thread_id == get_ident():
+        if self._node.binding.on_loop_thread():
             return fn(name)
         for _ in range(_QUERY_RETRIES):
             try:

@@ -25,9 +25,20 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ._errors import IllegalAddressFormatError
+from typing import Any
+from collections.abc import Callable
 
-__all__ = ["MailboxID", "parse_mailbox_id", "new_incarnation", "MAX_NODE_ID", "UINT64_LIMIT"]
+from .._errors import DecodeError, IllegalAddressFormatError
+
+__all__ = [
+    "MailboxID",
+    "parse_mailbox_id",
+    "mailbox_id_from_parts",
+    "new_incarnation",
+    "MAX_NODE_ID",
+    "UINT64_LIMIT",
+    "BINARY_SIZE",
+]
 
 MAX_NODE_ID = 255
 UINT64_LIMIT = 1 << 64
@@ -110,3 +121,56 @@ def new_incarnation() -> int:
         value = max(candidate, _last_incarnation + 1)
         _last_incarnation = value
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# MailboxIDs from untrusted parts, as the decoder builds them (1.5 us -> 0.3 us: no dataclass __init__).
+
+
+def _slow_mailbox_id(node: int, incarnation: int, serial: int) -> MailboxID:
+    return MailboxID(node, incarnation, serial)
+
+
+def _make_fast_mailbox_id() -> Callable[[int, int, int], MailboxID]:
+    """Build MailboxIDs by setting their three slots directly, for values already validated.
+
+    Used only if MailboxID still has exactly the slots ``node, incarnation, serial`` and the
+    result equals a normally constructed one; otherwise the normal constructor is used.
+    """
+    if getattr(MailboxID, "__slots__", None) != ("node", "incarnation", "serial"):
+        return _slow_mailbox_id
+    new = object.__new__
+    set_node = MailboxID.node.__set__  # type: ignore[attr-defined]
+    set_incarnation = MailboxID.incarnation.__set__  # type: ignore[attr-defined]
+    set_serial = MailboxID.serial.__set__  # type: ignore[attr-defined]
+
+    def fast(node: int, incarnation: int, serial: int) -> MailboxID:
+        mid = new(MailboxID)
+        set_node(mid, node)
+        set_incarnation(mid, incarnation)
+        set_serial(mid, serial)
+        return mid
+
+    probe = (7, (1 << 64) - 1, 12345)
+    try:
+        ok = fast(*probe) == MailboxID(*probe) and hash(fast(*probe)) == hash(MailboxID(*probe))
+    except Exception:  # pragma: no cover - MailboxID changed shape
+        ok = False
+    return fast if ok else _slow_mailbox_id
+
+
+_fast_mailbox_id = _make_fast_mailbox_id()
+
+
+def mailbox_id_from_parts(node: Any, incarnation: Any, serial: Any) -> MailboxID:
+    """A MailboxID from untrusted parts; DecodeError unless all three are in-range ints."""
+    if (
+        type(node) is int
+        and type(incarnation) is int
+        and type(serial) is int
+        and 0 <= node <= MAX_NODE_ID
+        and 0 <= incarnation < UINT64_LIMIT
+        and 0 <= serial < UINT64_LIMIT
+    ):
+        return _fast_mailbox_id(node, incarnation, serial)
+    raise DecodeError(f"mailbox id parts out of range: {node!r:.30}, {incarnation!r:.30}, {serial!r:.30}")

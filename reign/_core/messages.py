@@ -1,18 +1,20 @@
-"""Messages the library itself sends to mailboxes.
+"""Messages the runtime itself sends to mailboxes (system messages).
 
-Both are frozen, slotted dataclasses, registered with the codec under fixed wire names
-(``reign.MailboxClosed``, ``reign.MultipleClaim``) so they cross nodes like user messages.
+Frozen, slotted dataclasses, registered with the codec under fixed wire names
+(``reign.MailboxClosed``, ``reign.MultipleClaim``) so they can travel inside other values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._ids import MailboxID
+from .codec.types import register_type
+from .ids import MailboxID
 
 __all__ = ["MailboxClosed", "MultipleClaim"]
 
 
+@register_type(name="reign.MailboxClosed")
 @dataclass(frozen=True, slots=True)
 class MailboxClosed:
     """Sent to a watcher when the mailbox ``id`` closes or its node is lost (Erlang ``DOWN``)."""
@@ -20,6 +22,7 @@ class MailboxClosed:
     id: MailboxID
 
 
+@register_type(name="reign.MultipleClaim")
 @dataclass(frozen=True, slots=True)
 class MultipleClaim:
     """Sent to every claimant of ``name`` when the name gains another claimant."""

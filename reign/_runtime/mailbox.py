@@ -1,7 +1,10 @@
 """Mailbox: the receiving half of an address, bound to the node (and loop) that created it.
 
-Invariants (all state is touched only on the node's loop thread):
+Invariants (all state is touched only on the node's loop thread; :meth:`Mailbox.post` and
+:meth:`Mailbox.close` get there through the node's :class:`~.loop.LoopBinding`):
 
+* :meth:`Mailbox.deliver` is the one delivery path: local sends (through :meth:`post`),
+  messages from peers (``reign._core.inbound``) and the runtime's own notices all end in it.
 * ``_queue`` holds messages in arrival order; it is created on the first queued message so an
   idle mailbox stays small (the benchmark measures bytes per idle mailbox).
 * ``_waiters`` holds blocked receivers in the order they started waiting. A plain receiver is
@@ -10,12 +13,17 @@ Invariants (all state is touched only on the node's loop thread):
   the queue is empty, so while one waits the queue stays empty.
 * A waiting ``receive_match`` tests each message once: the backlog when it starts, then each
   new message as it arrives. Nothing is ever rescanned, nothing spins.
+* Delivery never touches a waiter that is done. A predicate may do anything (close the
+  mailbox, send to it, cancel its own task): after it returns, the waiter and the mailbox are
+  checked again before the message is handed over, and a message for a mailbox that closed
+  meanwhile is dropped, as every message to a closed mailbox is.
 * No message is lost to cancellation: a message handed to a receiver whose task is cancelled
   before it resumes is put back where it was (offered to the other waiters first). For a
   selective receiver, ``older`` counts the queued messages that arrived before the one it was
   handed; queue operations keep that count right until the receiver resumes.
 * After ``close()`` the queue is empty, every waiter has failed with
-  :class:`MailboxClosedError`, and every later receive raises it.
+  :class:`MailboxClosedError`, every watcher has been notified once, and every later receive
+  raises it.
 """
 
 from __future__ import annotations
@@ -24,17 +32,36 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from threading import get_ident
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._errors import Empty, MailboxClosedError
-from ._ids import MailboxID
-from ._messages import MailboxClosed
+from .._core.address import Address, Router, detach_local
+from .._core.ids import MailboxID
+from .._core.messages import MailboxClosed
+from .._errors import Empty, MailboxClosedError
+from .loop import LoopBinding
 
-if TYPE_CHECKING:
-    from ._address import Address
-    from ._node import Node
+__all__ = ["Mailbox", "MailboxHost", "Watcher"]
 
-__all__ = ["Mailbox"]
+
+class Watcher(Protocol):
+    """Something told when a mailbox closes: a local watcher mailbox, or a peer's watch."""
+
+    def notify_down(self, target: MailboxID) -> None:
+        """``target`` closed (loop thread)."""
+        ...
+
+
+class MailboxHost(Router, Protocol):
+    """What a mailbox needs from its node (``reign._runtime.node.Node``)."""
+
+    @property
+    def binding(self) -> LoopBinding:
+        """The node's loop binding."""
+        ...
+
+    def mailbox_closed(self, mbox: Mailbox, watching: set[MailboxID]) -> None:
+        """``mbox`` closed (loop thread): forget it, and end the watches it made on ``watching``."""
+        ...
 
 
 class _MatchWaiter:
@@ -42,22 +69,10 @@ class _MatchWaiter:
 
     __slots__ = ("future", "predicate", "older")
 
-    def __init__(self, future: asyncio.Future[Any], predicate: Callable[[Any], object]) -> None:
+    def __init__(self, future: asyncio.Future[Any] | None, predicate: Callable[[Any], object] | None) -> None:
         self.future = future
         self.predicate = predicate
         self.older = -1
-
-
-def notify_closed(target: MailboxID, watcher: Any) -> None:
-    """Send ``MailboxClosed(target)`` to ``watcher``; a local watcher stops tracking ``target``.
-
-    The one way every close notice is sent (local close, remote CLOSED, node lost, watch on
-    something already gone), so a watcher's ``_watching`` set never keeps a finished watch.
-    """
-    watcher.send(MailboxClosed(target))
-    mbox = getattr(watcher, "_mbox", None)
-    if mbox is not None and mbox._watching:
-        mbox._watching.discard(target)
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -72,23 +87,22 @@ class Mailbox:
     """
 
     __slots__ = (
-        "_node", "id", "address", "_queue", "_waiters", "_claims", "_front_marker", "_closed",
-        "_watchers", "_watching", "__weakref__",
+        "_host", "_binding", "id", "address", "_queue", "_waiters", "_claims", "_front_marker",
+        "_closed", "_watchers", "_watching", "__weakref__",
     )
 
-    def __init__(self, node: Node, mailbox_id: MailboxID) -> None:
-        from ._address import Address
-
-        self._node = node
+    def __init__(self, host: MailboxHost, mailbox_id: MailboxID) -> None:
+        self._host = host
+        self._binding = host.binding
         self.id = mailbox_id
-        self.address: Address = Address(mailbox_id, node, self)
+        self.address: Address = Address(mailbox_id, host, self)
         self._queue: deque[Any] | None = None
         self._waiters: deque[Any] | None = None
         self._claims: list[_MatchWaiter] | None = None
         self._front_marker: _MatchWaiter | None = None
         self._closed = False
-        self._watchers: set[Any] | None = None
-        self._watching: set[MailboxID] | None = None  # targets this mailbox's address watches
+        self._watchers: set[Watcher] | None = None
+        self._watching: set[MailboxID] | None = None  # targets this mailbox watches
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self)} queued"
@@ -103,9 +117,24 @@ class Mailbox:
         q = self._queue
         return len(q) if q and not self._closed else 0
 
-    # ---------------------------------------------------------------- delivery (loop thread)
+    # ---------------------------------------------------------------- delivery
 
-    def _deliver(self, msg: Any) -> None:
+    def post(self, msg: Any) -> bool:
+        """``Address.send`` for this mailbox: queue ``msg`` from any thread; False if closed.
+
+        On the loop thread the message is queued before this returns; from another thread it
+        is queued when the loop next runs (:meth:`LoopBinding.call`).
+        """
+        if self._closed:
+            return False
+        binding = self._binding
+        if binding.thread_id == get_ident():  # LoopBinding.call's first case, inline
+            self.deliver(msg)
+            return True
+        return binding.call(self.deliver, msg)
+
+    def deliver(self, msg: Any) -> None:
+        """Queue ``msg`` or hand it to the first waiter that takes it (loop thread)."""
         if self._closed:
             return
         waiters = self._waiters
@@ -120,29 +149,40 @@ class Mailbox:
                 if not waiter.done():
                     waiter.set_result(msg)
                     return
+            if self._closed:  # a predicate closed the mailbox: the message goes with it
+                return
         q = self._queue
         if q is None:
             q = self._queue = deque()
         q.append(msg)
 
     def _offer_slow(self, msg: Any) -> bool:
-        """Offer ``msg`` to the waiters in order (some are selective). True if one took it."""
+        """Offer ``msg`` to the waiters in order (some are selective). True if one took it, or
+        if the mailbox closed meanwhile (the message is dropped)."""
         waiters = self._waiters
-        assert waiters is not None
-        for waiter in list(waiters):
+        for waiter in list(waiters or ()):
             if type(waiter) is _MatchWaiter:
                 future = waiter.future
+                assert future is not None and waiter.predicate is not None
                 if future.done():
-                    waiters.remove(waiter)
+                    self._forget_waiter(waiter)
                     continue
                 try:
                     matched = waiter.predicate(msg)
                 except Exception as exc:  # the caller's predicate failed: it gets the error
-                    waiters.remove(waiter)
-                    future.set_exception(exc)
+                    self._forget_waiter(waiter)
+                    if not future.done():
+                        future.set_exception(exc)
+                    if self._closed:
+                        return True
+                    continue
+                # The predicate ran arbitrary code: look again before acting on its answer.
+                if self._closed:
+                    return True
+                if future.done() or waiter not in (self._waiters or ()):
                     continue
                 if matched:
-                    waiters.remove(waiter)
+                    self._forget_waiter(waiter)
                     q = self._queue
                     waiter.older = len(q) if q else 0
                     if self._claims is None:
@@ -151,7 +191,7 @@ class Mailbox:
                     future.set_result(msg)
                     return True
             else:
-                waiters.remove(waiter)
+                self._forget_waiter(waiter)
                 if not waiter.done():
                     waiter.set_result(msg)
                     return True
@@ -168,6 +208,8 @@ class Mailbox:
         if self._closed:
             return
         if self._waiters and self._offer_slow(msg):
+            return
+        if self._closed:
             return
         q = self._queue
         if q is None:
@@ -194,7 +236,7 @@ class Mailbox:
             return q.popleft()
         raise Empty(f"mailbox {self.id} has no message")
 
-    async def receive(self, timeout: float | None = None) -> Any:
+    async def receive(self, *, timeout: float | None = None) -> Any:
         """Wait for the oldest message and return it (FIFO).
 
         ``timeout`` is in seconds; on expiry the built-in :class:`TimeoutError` is raised, and a
@@ -211,7 +253,7 @@ class Mailbox:
             return q.popleft()
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
-        loop = self._node._loop or self._node._bind_loop()
+        loop = self._binding.bind()
         future = loop.create_future()
         waiters = self._waiters
         if waiters is None:
@@ -239,12 +281,12 @@ class Mailbox:
         receivers put back in this loop iteration: their handlers run in hand-out order."""
         marker = self._front_marker
         if marker is None:
-            marker = self._front_marker = _MatchWaiter(None, None)  # type: ignore[arg-type]
+            marker = self._front_marker = _MatchWaiter(None, None)
             marker.older = 0
             if self._claims is None:
                 self._claims = []
             self._claims.append(marker)  # queue operations keep its position right
-            self._node._loop.call_soon(self._drop_front_marker)  # type: ignore[union-attr]
+            self._binding.bind().call_soon(self._drop_front_marker)
         self._put_back(msg, marker.older)
 
     def _drop_front_marker(self) -> None:
@@ -252,7 +294,7 @@ class Mailbox:
         if marker is not None and self._claims and marker in self._claims:
             self._claims.remove(marker)
 
-    async def receive_match(self, pred: Callable[[Any], object], timeout: float | None = None) -> Any:
+    async def receive_match(self, pred: Callable[[Any], object], *, timeout: float | None = None) -> Any:
         """Wait for the first message for which ``pred(msg)`` is true; the others keep their order.
 
         Queued messages are tested once each, then every new message once as it arrives. If
@@ -263,25 +305,35 @@ class Mailbox:
             raise MailboxClosedError(f"mailbox {self.id} is closed")
         q = self._queue
         if q:
-            for index, msg in enumerate(q):
-                if pred(msg):
+            # A snapshot: the predicate may send to this mailbox or receive from it.
+            for index, msg in enumerate(list(q)):
+                matched = pred(msg)
+                q = self._queue
+                if q is None:  # the predicate closed the mailbox
+                    raise MailboxClosedError(f"mailbox {self.id} was closed")
+                if matched:
+                    if index >= len(q) or q[index] is not msg:
+                        index = next((i for i, m in enumerate(q) if m is msg), -1)
+                        if index < 0:
+                            continue  # the predicate itself received it
                     del q[index]
                     if self._claims:
                         self._took_at(index)
                     return msg
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
-        loop = self._node._loop or self._node._bind_loop()
+        loop = self._binding.bind()
         waiter = _MatchWaiter(loop.create_future(), pred)
+        future = waiter.future
+        assert future is not None
         waiters = self._waiters
         if waiters is None:
             waiters = self._waiters = deque()
         waiters.append(waiter)
-        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter.future)
+        timer = None if timeout is None else loop.call_later(timeout, _expire, future)
         try:
-            return await waiter.future
+            return await future
         except asyncio.CancelledError:
-            future = waiter.future
             if future.done() and not future.cancelled() and future.exception() is None:
                 older = waiter.older
                 self._drop_claim(waiter)
@@ -328,17 +380,14 @@ class Mailbox:
 
         Queued messages are discarded; every waiting receive fails with
         :class:`MailboxClosedError`; every watcher is sent ``MailboxClosed(self.id)``; the
-        mailbox's global names are dropped. Later sends to its address return ``False``.
+        mailbox's names are dropped. Later sends to its address return ``False``. From another
+        thread the rest happens when the loop next runs; if the loop is already closed, the
+        node is gone and so is everything the mailbox was part of.
         """
         if self._closed:
             return
         self._closed = True
-        node = self._node
-        thread_id = node._thread_id
-        if thread_id is None or thread_id == get_ident():
-            self._finish_close()
-        else:
-            node._loop.call_soon_threadsafe(self._finish_close)  # type: ignore[union-attr]
+        self._binding.call(self._finish_close)
 
     def _finish_close(self) -> None:
         self._queue = None
@@ -350,21 +399,42 @@ class Mailbox:
                 future.set_exception(MailboxClosedError(f"mailbox {self.id} was closed"))
         watchers, self._watchers = self._watchers, None
         watching, self._watching = self._watching, None
-        object.__setattr__(self.address, "_mbox", None)  # sends now route by id and find nothing
-        node = self._node
-        node._mailbox_closed(self)
-        for target in watching or ():  # like Erlang: a process's monitors end with it
-            node._unlink(target, self.address)
+        detach_local(self.address)
+        self._host.mailbox_closed(self, watching or set())
         for watcher in watchers or ():
-            notify_closed(self.id, watcher)
+            watcher.notify_down(self.id)
 
-    # ---------------------------------------------------------------- watchers (loop thread)
+    # ---------------------------------------------------------------- monitors (loop thread)
 
-    def _add_watcher(self, watcher: Any) -> None:
+    def add_watcher(self, watcher: Watcher) -> bool:
+        """``watcher`` is told when this mailbox closes; False (and nothing kept) if closed."""
+        if self._closed:
+            return False
         if self._watchers is None:
             self._watchers = set()
         self._watchers.add(watcher)
+        return True
 
-    def _remove_watcher(self, watcher: Any) -> None:
+    def remove_watcher(self, watcher: Watcher) -> None:
+        """Cancel :meth:`add_watcher`."""
         if self._watchers:
             self._watchers.discard(watcher)
+
+    def watch_started(self, target: MailboxID) -> None:
+        """This mailbox now watches ``target`` (its watches end when it closes)."""
+        if self._closed:
+            return
+        if self._watching is None:
+            self._watching = set()
+        self._watching.add(target)
+
+    def watch_ended(self, target: MailboxID) -> None:
+        """This mailbox no longer watches ``target``."""
+        if self._watching:
+            self._watching.discard(target)
+
+    def notify_down(self, target: MailboxID) -> None:
+        """As a watcher: ``target`` closed, so ``MailboxClosed(target)`` arrives here once."""
+        if self._watching:
+            self._watching.discard(target)
+        self.deliver(MailboxClosed(target))

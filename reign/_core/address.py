@@ -1,29 +1,52 @@
 """Address: the serializable, hashable handle of a mailbox (Erlang's PID).
 
+An Address is a value: a :class:`~reign.MailboxID` plus the node that routes its sends. It
+holds no I/O of its own, so the codec (sans-IO) can build and recognise it; what ``send``
+does is decided by the objects it is bound to, through two narrow seams:
+
+* :class:`Router` (the node): routes by id, and registers or cancels monitors;
+* :class:`LocalTarget` (the mailbox, for an address of a mailbox of the same node):
+  ``post(msg)``, the one local delivery path, safe from any thread.
+
 Invariants:
 
-* An Address compares and hashes by its :class:`MailboxID` only; the node it is bound to (the
-  node that routes its sends) and the cached local mailbox are not part of its identity.
-* ``send`` never blocks and never waits. On the bound node's loop thread a local delivery is
-  complete when ``send`` returns; from any other thread it is handed to the loop with
-  ``call_soon_threadsafe``, which keeps each thread's order.
-* ``send`` returns ``False`` only when the target is known to be gone; ``True`` is not a
-  delivery promise (a remote mailbox may close while the message is in flight).
+* An Address compares and hashes by its :class:`MailboxID` only; the router and the local
+  target are not part of its identity.
+* ``send`` never blocks and never waits; ``True`` is not a delivery promise (a remote mailbox
+  may close while the message is in flight), ``False`` means the target is known to be gone.
 """
 
 from __future__ import annotations
 
-from threading import get_ident
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._ids import MailboxID
-from ._mailbox import _MatchWaiter
+from .ids import MailboxID
 
-if TYPE_CHECKING:
-    from ._mailbox import Mailbox
-    from ._node import Node
+__all__ = ["Address", "Router", "LocalTarget", "detach_local"]
 
-__all__ = ["Address"]
+
+class Router(Protocol):
+    """What an Address needs from the node it is bound to (``reign._runtime.node.Node``)."""
+
+    def route(self, target: MailboxID, msg: Any) -> bool:
+        """Deliver ``msg`` to ``target`` wherever it is; False when it is known to be gone."""
+        ...
+
+    def monitor(self, target: MailboxID, watcher: Address) -> None:
+        """Send ``MailboxClosed`` for ``target`` to ``watcher`` once, when it closes."""
+        ...
+
+    def demonitor(self, target: MailboxID, watcher: Address) -> None:
+        """Cancel :meth:`monitor`."""
+        ...
+
+
+class LocalTarget(Protocol):
+    """A mailbox of the router's own node, as its address sees it."""
+
+    def post(self, msg: Any) -> bool:
+        """Queue ``msg`` (any thread); False if the mailbox is closed."""
+        ...
 
 
 class Address:
@@ -33,16 +56,16 @@ class Address:
     received message. Addresses are immutable, hashable and compare by :attr:`id`.
     """
 
-    __slots__ = ("id", "_node", "_mbox")
+    __slots__ = ("id", "_router", "_local")
 
     id: MailboxID
-    _node: Node
-    _mbox: Mailbox | None
+    _router: Router
+    _local: LocalTarget | None
 
-    def __init__(self, mailbox_id: MailboxID, node: Node, mailbox: Mailbox | None = None) -> None:
+    def __init__(self, mailbox_id: MailboxID, router: Router, local: LocalTarget | None = None) -> None:
         object.__setattr__(self, "id", mailbox_id)
-        object.__setattr__(self, "_node", node)
-        object.__setattr__(self, "_mbox", mailbox)
+        object.__setattr__(self, "_router", router)
+        object.__setattr__(self, "_local", local)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Address is immutable")
@@ -78,36 +101,10 @@ class Address:
         ``True`` otherwise. Raises :class:`reign.EncodeError` when a message bound for another
         node cannot be encoded.
         """
-        mbox = self._mbox
-        if mbox is None:
-            return self._node._route(self.id, msg)
-        if mbox._closed:
-            return False
-        node = mbox._node
-        thread_id = node._thread_id
-        if thread_id == get_ident() or thread_id is None:
-            # Inlined fast paths of Mailbox._deliver: hand the message to a plain waiting
-            # receiver, or append it when nobody waits.
-            waiters = mbox._waiters
-            if waiters:
-                waiter = waiters[0]
-                if type(waiter) is not _MatchWaiter and not waiter.done():
-                    waiters.popleft()
-                    waiter.set_result(msg)
-                else:
-                    mbox._deliver(msg)
-            else:
-                queue = mbox._queue
-                if queue is None:
-                    mbox._deliver(msg)
-                else:
-                    queue.append(msg)
-        else:
-            try:
-                node._loop.call_soon_threadsafe(mbox._deliver, msg)  # type: ignore[union-attr]
-            except RuntimeError:  # the node's loop is closed: the node is gone
-                return False
-        return True
+        local = self._local
+        if local is not None:
+            return local.post(msg)
+        return self._router.route(self.id, msg)
 
     def on_close_notify(self, watcher: Address) -> None:
         """Ask for ``MailboxClosed(self.id)`` to be sent to ``watcher`` once this mailbox closes.
@@ -117,14 +114,20 @@ class Address:
         node is lost later. A watch on a node this node has never been connected to yet waits
         for that first connection (the mesh may still be forming). Registering the same watcher
         twice gives one notice. When the watcher's own mailbox closes, its watches end.
-        Thread-safe.
+        Thread-safe. Raises ``TypeError`` if ``watcher`` is not an Address.
         """
         if type(watcher) is not Address:
             raise TypeError(f"watcher must be an Address, not {type(watcher).__name__}")
-        self._node._call_on_loop(self._node._link, self.id, watcher)
+        self._router.monitor(self.id, watcher)
 
     def remove_notify(self, watcher: Address) -> None:
         """Cancel an :meth:`on_close_notify`; a notice already on its way may still arrive."""
         if type(watcher) is not Address:
             raise TypeError(f"watcher must be an Address, not {type(watcher).__name__}")
-        self._node._call_on_loop(self._node._unlink, self.id, watcher)
+        self._router.demonitor(self.id, watcher)
+
+
+def detach_local(address: Address) -> None:
+    """The mailbox of ``address`` closed: its sends now go through the router (which finds no
+    mailbox and returns False), and the address no longer keeps the closed mailbox alive."""
+    object.__setattr__(address, "_local", None)

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _certs
-from ._errors import ClusterSpecError, HandshakeError
-from ._ids import MAX_NODE_ID
+from . import certs as _certs
+from .._errors import ClusterSpecError, HandshakeError
+from .._core.ids import MAX_NODE_ID
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",

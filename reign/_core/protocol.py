@@ -1,124 +1,73 @@
-"""The sans-IO wire protocol between two nodes: framing and the HELLO handshake (h11-style).
+"""One side of one connection between two nodes, as a state machine with no I/O (h11-style).
 
-This module never imports asyncio or ssl. :class:`WireProtocol` is fed bytes with
-:meth:`~WireProtocol.receive_data`, which returns events; its other methods return the bytes
-of one frame for the caller to write. The connector (``_cluster``) owns the socket.
+:class:`PeerProtocol` is fed the bytes read from the peer with :meth:`~PeerProtocol.receive_data`,
+which returns events; the bytes it wants written (its HELLO, its ACCEPT) are collected with
+:meth:`~PeerProtocol.data_to_send`; its other methods return the bytes of one frame for the
+caller to write. The frame format is in :mod:`.frames`. The asyncio connection
+(``reign._runtime.connection``) owns the socket and nothing of the protocol's state.
 
-Frame format (protocol version :data:`PROTOCOL_VERSION` = 1)::
+Handshake (each side runs the same machine; its state is :attr:`PeerProtocol.state`)::
 
-    +----------------+------------+---------------------+
-    | length N (u32) | type (u8)  | body (N - 1 bytes)  |
-    +----------------+------------+---------------------+
+    handshaking --(valid HELLO from peer: ACCEPT queued)--(ACCEPT from peer)--> established
+         |                                                                          |
+         +--------------------------- any violation ----> failed <-----------------+
 
-``N`` is big-endian and counts the type byte and the body; ``1 <= N <= max_frame_bytes``.
-A header announcing ``N == 0`` or more than ``max_frame_bytes`` is a :class:`ProtocolError` as
-soon as its 4 bytes arrive: nothing of the announced size is ever allocated or awaited.
+* Construction queues our HELLO: both sides send HELLO first, without waiting. The peer's
+  HELLO must be the first frame we receive; it is validated (version, cluster identity, node id
+  0..255 and not ours, equal to ``expected_peer`` — the id the peer's certificate proves —
+  when given), and the protocol queues our ACCEPT itself.
+* ACCEPT is valid only after the peer's HELLO, once. When it arrives the protocol is
+  ``established`` and reports :class:`Established` (the peer's node id and incarnation). Every
+  other frame type is valid only when established.
+* Any violation raises :class:`~reign.ProtocolError` (or its subclasses
+  :class:`~reign.DecodeError`, :class:`~reign.HandshakeError` for authentication failures); the
+  object is then ``failed`` and every later call raises ``ProtocolError``. Misuse by the caller
+  (a MONITOR before established, a DOWN for a mailbox not on this node, ...) raises
+  ``RuntimeError``/``ValueError``/``TypeError``.
 
-=======  ====  =========================================================================  =====
-type     code  body                                                                       when
-=======  ====  =========================================================================  =====
-HELLO    1     CBOR map ``{"v": 1, "node": int, "inc": int, "cluster": bytes(32)}``       first
-ACCEPT   2     empty: "I validated your HELLO"                                            once
-MESSAGE  3     target incarnation (u64 BE) + target serial (u64 BE) + CBOR payload        est.
-LINK     4     ``bytes(mid)`` (18 bytes, see ``_ids``) of a mailbox on the *receiver*:     est.
-               "send me CLOSED(mid) when it closes"
-UNLINK   5     the same: cancels a LINK                                                   est.
-CLOSED   6     ``bytes(mid)`` of a mailbox on the *sender*: "it closed"                   est.
-TICK     7     empty: keepalive                                                           est.
-CONTROL  8     CBOR payload for the registry, opaque here                                 est.
-=======  ====  =========================================================================  =====
-
-("est." = only once the handshake is established.) A MESSAGE's target node is implicitly the receiving node. MESSAGE and CONTROL payloads are not
-decoded here: consecutive MESSAGE frames are reported as one :class:`Messages` run pointing into
-one copy of the received bytes, which the connector decodes in place (``_codec.BatchDecoder``)
-so addresses bind to its node; CONTROL payloads go through ``_codec.decode``.
-
-Limits (named constants below):
-
-* :data:`DEFAULT_MAX_FRAME_BYTES` = 16 MiB + 64: a 16 MiB message payload (a message that big
-  is already a bulk transfer; the connector usually passes ``max_message_bytes +
-  MESSAGE_OVERHEAD`` instead) plus room for the 17 bytes of type and MESSAGE header.
-* HELLO bodies are at most 256 bytes (a valid one is ~60): a peer cannot make us buffer or
-  decode megabytes before it has even said who it is.
-* The receive buffer holds at most one incomplete frame (so at most ``max_frame_bytes + 3``
-  bytes) beyond the bytes of the current ``receive_data`` call.
-
-Handshake state machine (each side runs the same one; its state is :attr:`WireProtocol.state`)::
-
-    handshaking --(valid HELLO from peer)--> [we send ACCEPT] --(ACCEPT from peer)--> established
-         |                                                                                 |
-         +----------------------- any violation ----> failed <----------------------------+
-
-* Both sides send HELLO first, without waiting. The peer's HELLO must be the first frame we
-  receive; it is validated (version, cluster identity, node id 0..255 and not ours, equal to
-  ``expected_peer`` — the id the peer's certificate proves — when given) and reported as a
-  :class:`Hello` event; the caller then sends :meth:`WireProtocol.accept`.
-* ACCEPT is valid only after the peer's HELLO, once. ``established`` = we received a valid
-  HELLO and the peer's ACCEPT. Every other frame type is valid only when established.
-* Any violation raises :class:`ProtocolError` (or its subclasses :class:`DecodeError`,
-  :class:`HandshakeError` for authentication failures); the object is then ``failed`` and every
-  later call raises :class:`ProtocolError`. Misuse by the caller (sending ACCEPT before the
-  peer's HELLO, MESSAGE before established, ...) raises ``RuntimeError``.
+Limits: the receive buffer holds at most one incomplete frame (so at most
+``max_frame_bytes + 3`` bytes) beyond the bytes of the current ``receive_data`` call.
 """
 
 from __future__ import annotations
 
-import enum
-import struct
 from typing import Any, NamedTuple
 
-from ._codec import decode, encode
-from ._errors import DecodeError, EncodeError, HandshakeError, IllegalAddressFormatError, ProtocolError
-from ._ids import BINARY_SIZE, MAX_NODE_ID, UINT64_LIMIT, MailboxID, parse_mailbox_id
+from .._errors import DecodeError, EncodeError, HandshakeError, IllegalAddressFormatError, ProtocolError
+from .codec import decode, encode
+from .frames import (
+    BODY_SIZES,
+    CLUSTER_ID_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+    LENGTH,
+    LENGTH_LIMIT,
+    MAX_HELLO_BODY,
+    MESSAGE_HEADER,
+    PROTOCOL_VERSION,
+    FrameType,
+    HEADER,
+    empty_frame,
+    id_frame,
+    message_frame,
+    payload_frame,
+)
+from .ids import MAX_NODE_ID, UINT64_LIMIT, MailboxID, parse_mailbox_id
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "DEFAULT_MAX_FRAME_BYTES",
-    "MESSAGE_OVERHEAD",
-    "CLUSTER_ID_BYTES",
-    "FrameType",
-    "Hello",
-    "Accept",
+    "PeerProtocol",
+    "Established",
     "Message",
     "Messages",
-    "Link",
-    "Unlink",
-    "Closed",
+    "Monitor",
+    "Demonitor",
+    "Down",
     "Tick",
     "Control",
-    "WireProtocol",
-    "message_header",
 ]
-
-#: Version carried in HELLO; a peer with another version is refused (HandshakeError).
-PROTOCOL_VERSION = 1
-
-#: Default largest N (type byte + body): a 16 MiB payload plus room for the frame headers.
-DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024 + 64
-
-#: Bytes a MESSAGE frame adds to its payload: length (4) + type (1) + incarnation and serial (16).
-MESSAGE_OVERHEAD = 21
-
-#: Size of the cluster identity carried in HELLO (a SHA-256 of the cluster CA).
-CLUSTER_ID_BYTES = 32
-
-_LENGTH_LIMIT = 1 << 32  # N is a u32
-
-
-class FrameType(enum.IntEnum):
-    HELLO = 1
-    ACCEPT = 2
-    MESSAGE = 3
-    LINK = 4
-    UNLINK = 5
-    CLOSED = 6
-    TICK = 7
-    CONTROL = 8
-
 
 # ---------------------------------------------------------------------------------------------
 # Events. NamedTuples (built with tuple.__new__ on the hot path: ~0.1 us, where a frozen
-# dataclass costs ~1 us) that compare by type *and* fields, so Link(t) != Unlink(t).
+# dataclass costs ~1 us) that compare by type *and* fields, so Monitor(t) != Demonitor(t).
 
 
 class _Event:
@@ -136,27 +85,19 @@ class _Event:
         return hash((type(self).__name__, tuple.__hash__(self)))  # type: ignore[arg-type]
 
 
-class _HelloFields(NamedTuple):
-    version: int
+class _EstablishedFields(NamedTuple):
     node: int
     incarnation: int
-    cluster: bytes
 
 
-class Hello(_Event, _HelloFields):
-    """The peer's validated HELLO; answer it with :meth:`WireProtocol.accept`."""
+class Established(_Event, _EstablishedFields):
+    """The handshake completed: the peer is node ``node``, run ``incarnation``."""
 
     __slots__ = ()
 
 
 class _NoFields(NamedTuple):
     pass
-
-
-class Accept(_Event, _NoFields):
-    """The peer validated our HELLO."""
-
-    __slots__ = ()
 
 
 class Tick(_Event, _NoFields):
@@ -174,7 +115,7 @@ class _MessageFields(NamedTuple):
 class Message(_Event, _MessageFields):
     """A message for mailbox (receiving node, ``incarnation``, ``serial``); payload is CBOR.
 
-    :meth:`WireProtocol.receive_data` reports messages as :class:`Messages` runs;
+    :meth:`PeerProtocol.receive_data` reports messages as :class:`Messages` runs;
     :meth:`Messages.messages` gives them in this form.
     """
 
@@ -182,12 +123,12 @@ class Message(_Event, _MessageFields):
 
 
 class Messages:
-    """A run of consecutive MESSAGE frames from one :meth:`WireProtocol.receive_data` call.
+    """A run of consecutive MESSAGE frames from one :meth:`PeerProtocol.receive_data` call.
 
     ``frames`` lists each message as ``(incarnation, serial, start, end)``; its CBOR payload is
     ``data[start:end]``. ``data`` is one immutable copy of the call's complete frames, shared by
-    every run of that call, so no payload is copied out on its own: the connector decodes each
-    one in place. Compares equal to another run with the same messages.
+    every run of that call, so no payload is copied out on its own: the receiver decodes each
+    one in place (:mod:`.inbound`). Compares equal to another run with the same messages.
     """
 
     __slots__ = ("data", "frames")
@@ -216,19 +157,19 @@ class _TargetFields(NamedTuple):
     target: MailboxID
 
 
-class Link(_Event, _TargetFields):
-    """The peer wants :class:`Closed` for ``target`` (a mailbox on this node) when it closes."""
+class Monitor(_Event, _TargetFields):
+    """The peer wants :class:`Down` for ``target`` (a mailbox on this node) when it closes."""
 
     __slots__ = ()
 
 
-class Unlink(_Event, _TargetFields):
-    """The peer cancels its :class:`Link` on ``target``."""
+class Demonitor(_Event, _TargetFields):
+    """The peer cancels its :class:`Monitor` on ``target``."""
 
     __slots__ = ()
 
 
-class Closed(_Event, _TargetFields):
+class Down(_Event, _TargetFields):
     """``target`` (a mailbox on the peer's node) closed."""
 
     __slots__ = ()
@@ -239,51 +180,35 @@ class _PayloadFields(NamedTuple):
 
 
 class Control(_Event, _PayloadFields):
-    """A registry frame; ``payload`` is CBOR for ``_codec.decode``."""
+    """A registry frame; ``payload`` is CBOR (:mod:`.registry_wire` says what it holds)."""
 
     __slots__ = ()
-
-
-# ---------------------------------------------------------------------------------------------
-# Outbound encoding.
-
-_HEADER = struct.Struct(">IB")
-_LENGTH = struct.Struct(">I")
-_MESSAGE_HEADER = struct.Struct(">IBQQ")
-_ID_SIZE = BINARY_SIZE  # bytes(mid), the binary form documented in _ids (18 bytes)
-_HELLO_KEYS = frozenset({"v", "node", "inc", "cluster"})
-
-_pack_header = _HEADER.pack
-_pack_message_header = _MESSAGE_HEADER.pack
-_MESSAGE = int(FrameType.MESSAGE)
-
-
-def message_header(incarnation: int, serial: int, payload_size: int) -> bytes:
-    """The 21 bytes that precede a MESSAGE payload of ``payload_size`` bytes.
-
-    For connectors that queue header and payload separately and join them in one write. Does
-    not check the frame limit (the caller checks its ``max_message_bytes``).
-    """
-    return _pack_message_header(17 + payload_size, _MESSAGE, incarnation, serial)
 
 
 def _refuse_address(mailbox_id: MailboxID) -> Any:
     raise DecodeError("HELLO must not contain addresses")
 
 
-class WireProtocol:
+_KNOWN = frozenset(int(t) for t in FrameType)
+_NAMES = {int(t): t.name for t in FrameType}
+_HELLO_KEYS = frozenset({"v", "node", "inc", "cluster"})
+_MESSAGE = int(FrameType.MESSAGE)
+
+
+class PeerProtocol:
     """One side of one connection: the handshake state and the frame parser.
 
     Keyword arguments: ``local_node`` (0..255) and ``local_incarnation`` describe this node,
     ``cluster_id`` is the 32-byte cluster identity, ``expected_peer`` the node id proven by the
     peer's certificate (or None to accept any other node id), ``max_frame_bytes`` the largest
     frame length N accepted and produced. Raises ``ValueError`` for out-of-range arguments.
+    Our HELLO is queued for :meth:`data_to_send` at once.
     """
 
     __slots__ = (
         "_local_node", "_local_incarnation", "_cluster_id", "_expected_peer", "_max_frame",
-        "_buffer", "_state", "_failure", "_got_hello", "_got_accept", "_sent_hello",
-        "_sent_accept", "peer_node", "peer_incarnation",
+        "_buffer", "_state", "_failure", "_got_hello", "_got_accept", "_outgoing", "peer_node",
+        "peer_incarnation",
     )
 
     def __init__(
@@ -305,7 +230,7 @@ class WireProtocol:
             type(expected_peer) is not int or not 0 <= expected_peer <= MAX_NODE_ID
         ):
             raise ValueError(f"expected_peer must be None or 0..{MAX_NODE_ID}, got {expected_peer!r}")
-        if type(max_frame_bytes) is not int or not 64 <= max_frame_bytes < _LENGTH_LIMIT:
+        if type(max_frame_bytes) is not int or not 64 <= max_frame_bytes < LENGTH_LIMIT:
             raise ValueError(f"max_frame_bytes must be 64 <= x < 2**32, got {max_frame_bytes!r}")
         self._local_node = local_node
         self._local_incarnation = local_incarnation
@@ -317,11 +242,16 @@ class WireProtocol:
         self._failure: ProtocolError | None = None
         self._got_hello = False
         self._got_accept = False
-        self._sent_hello = False
-        self._sent_accept = False
         #: The peer's node id and incarnation, set once its HELLO was validated.
         self.peer_node: int | None = None
         self.peer_incarnation: int | None = None
+        body = encode({
+            "v": PROTOCOL_VERSION,
+            "node": local_node,
+            "inc": local_incarnation,
+            "cluster": self._cluster_id,
+        })
+        self._outgoing = [payload_frame(FrameType.HELLO, body)]
 
     # ----------------------------------------------------------------------- state
 
@@ -339,6 +269,20 @@ class WireProtocol:
     def max_frame_bytes(self) -> int:
         return self._max_frame
 
+    @property
+    def local_node(self) -> int:
+        return self._local_node
+
+    @property
+    def local_incarnation(self) -> int:
+        return self._local_incarnation
+
+    def data_to_send(self) -> bytes:
+        """The handshake bytes the protocol produced by itself (HELLO, ACCEPT) since the last
+        call, for the caller to write before anything else; ``b""`` when there are none."""
+        out, self._outgoing = self._outgoing, []
+        return b"".join(out)
+
     def _check_alive(self) -> None:
         if self._state == "failed":
             raise ProtocolError(f"connection already failed: {self._failure}")
@@ -347,33 +291,10 @@ class WireProtocol:
         self._state = "failed"
         self._failure = exc
         self._buffer = bytearray()
+        self._outgoing = []
         return exc
 
     # ----------------------------------------------------------------------- outbound
-
-    def hello(self) -> bytes:
-        """Our HELLO frame; send it once, first."""
-        self._check_alive()
-        if self._sent_hello:
-            raise RuntimeError("HELLO was already sent")
-        self._sent_hello = True
-        body = encode({
-            "v": PROTOCOL_VERSION,
-            "node": self._local_node,
-            "inc": self._local_incarnation,
-            "cluster": self._cluster_id,
-        })
-        return _pack_header(1 + len(body), FrameType.HELLO) + body
-
-    def accept(self) -> bytes:
-        """Our ACCEPT frame; send it once, after the peer's :class:`Hello` event."""
-        self._check_alive()
-        if not self._got_hello:
-            raise RuntimeError("ACCEPT before the peer's HELLO was received")
-        if self._sent_accept:
-            raise RuntimeError("ACCEPT was already sent")
-        self._sent_accept = True
-        return _pack_header(1, FrameType.ACCEPT)
 
     def _check_established(self, what: str) -> None:
         if self._state != "established":
@@ -387,48 +308,46 @@ class WireProtocol:
         """
         if self._state != "established":
             self._check_established("MESSAGE")
-        n = 17 + len(payload)
-        if n > self._max_frame:
+        if 17 + len(payload) > self._max_frame:
             raise EncodeError(
                 f"message payload of {len(payload)} bytes exceeds the frame limit "
                 f"({self._max_frame - 17} bytes)"
             )
-        return _pack_message_header(n, _MESSAGE, target.incarnation, target.serial) + payload
+        return message_frame(target.incarnation, target.serial, payload)
 
-    def _id_frame(self, frame_type: FrameType, target: MailboxID, node: int, whose: str) -> bytes:
+    def _id_frame(self, frame_type: FrameType, target: MailboxID, node: int | None, whose: str) -> bytes:
         self._check_established(frame_type.name)
         if type(target) is not MailboxID:
             raise TypeError(f"target must be a MailboxID, not {type(target).__name__}")
         if target.node != node:
             raise ValueError(f"{frame_type.name} target {target} is not on {whose} ({node})")
-        return _pack_header(1 + _ID_SIZE, frame_type) + bytes(target)
+        return id_frame(frame_type, target)
 
-    def link(self, target: MailboxID) -> bytes:
-        """A LINK frame: ask for CLOSED(target) when ``target`` (on the peer) closes."""
-        return self._id_frame(FrameType.LINK, target, self.peer_node, "the peer's node")  # type: ignore[arg-type]
+    def monitor(self, target: MailboxID) -> bytes:
+        """A MONITOR frame: ask for DOWN(target) when ``target`` (on the peer) closes."""
+        return self._id_frame(FrameType.MONITOR, target, self.peer_node, "the peer's node")
 
-    def unlink(self, target: MailboxID) -> bytes:
-        """An UNLINK frame cancelling :meth:`link`."""
-        return self._id_frame(FrameType.UNLINK, target, self.peer_node, "the peer's node")  # type: ignore[arg-type]
+    def demonitor(self, target: MailboxID) -> bytes:
+        """A DEMONITOR frame cancelling :meth:`monitor`."""
+        return self._id_frame(FrameType.DEMONITOR, target, self.peer_node, "the peer's node")
 
-    def closed(self, target: MailboxID) -> bytes:
-        """A CLOSED frame: ``target`` (a mailbox on this node) closed."""
-        return self._id_frame(FrameType.CLOSED, target, self._local_node, "this node")
+    def down(self, target: MailboxID) -> bytes:
+        """A DOWN frame: ``target`` (a mailbox on this node) closed."""
+        return self._id_frame(FrameType.DOWN, target, self._local_node, "this node")
 
     def tick(self) -> bytes:
         """A TICK (keepalive) frame."""
         self._check_established("TICK")
-        return _pack_header(1, FrameType.TICK)
+        return empty_frame(FrameType.TICK)
 
     def control(self, payload: bytes) -> bytes:
         """A CONTROL frame; :class:`EncodeError` if it would exceed ``max_frame_bytes``."""
         self._check_established("CONTROL")
-        n = 1 + len(payload)
-        if n > self._max_frame:
+        if 1 + len(payload) > self._max_frame:
             raise EncodeError(
                 f"control payload of {len(payload)} bytes exceeds the frame limit ({self._max_frame - 1} bytes)"
             )
-        return _pack_header(n, FrameType.CONTROL) + payload
+        return payload_frame(FrameType.CONTROL, payload)
 
     # ----------------------------------------------------------------------- inbound
 
@@ -436,7 +355,8 @@ class WireProtocol:
         """Buffer ``data`` and return the events of every complete frame, in order.
 
         Consecutive MESSAGE frames come as one :class:`Messages` event; every other frame is
-        one event of its own type. Raises :class:`ProtocolError` (or
+        one event of its own type (HELLO and ACCEPT produce none: the handshake's completion is
+        :class:`Established`). Raises :class:`ProtocolError` (or
         :class:`DecodeError`/:class:`HandshakeError`) on any violation, as soon as the offending
         header arrives when the header alone shows it (length, type, state, body size); the
         object is then failed. Events of frames before the bad one in the same call are lost
@@ -459,11 +379,11 @@ class WireProtocol:
         pos = 0
         if end < 5:
             if end == 4:
-                self._check_length(_LENGTH.unpack_from(source, 0)[0])
+                self._check_length(LENGTH.unpack_from(source, 0)[0])
         else:
             append = events.append
             max_frame = self._max_frame
-            unpack_message = _MESSAGE_HEADER.unpack_from
+            unpack_message = MESSAGE_HEADER.unpack_from
             established = self._state == "established"
             runs: list[Messages] = []
             frames: list[tuple[int, int, int, int]] | None = None
@@ -473,7 +393,7 @@ class WireProtocol:
                     if end - pos >= 21:  # room for a MESSAGE header: read it all at once
                         n, frame_type, incarnation, serial = unpack_message(source, pos)
                     else:
-                        n, frame_type = _HEADER.unpack_from(source, pos)
+                        n, frame_type = HEADER.unpack_from(source, pos)
                     frame_end = pos + 4 + n
                     if frame_type == 3 and established and 17 <= n <= max_frame:
                         if frame_end > end:
@@ -488,13 +408,15 @@ class WireProtocol:
                         self._check_header(n, frame_type)
                         if frame_end > end:
                             break
-                        append(self._frame(frame_type, view[pos + 5 : frame_end]))
+                        event = self._frame(frame_type, view[pos + 5 : frame_end])
+                        if event is not None:
+                            append(event)
                         frames = None
                         established = self._state == "established"
                     pos = frame_end
                 else:
                     if end - pos == 4:
-                        self._check_length(_LENGTH.unpack_from(source, pos)[0])
+                        self._check_length(LENGTH.unpack_from(source, pos)[0])
                 if runs:
                     snapshot = source if pos == end and type(source) is bytes else view[:pos].tobytes()
                     for run in runs:
@@ -522,55 +444,57 @@ class WireProtocol:
             raise self._fail(ProtocolError(f"unknown frame type {frame_type}"))
         name = _NAMES[frame_type]
         body = n - 1
-        if frame_type == 1:  # HELLO
+        if frame_type == FrameType.HELLO:
             if self._got_hello:
                 raise self._fail(ProtocolError("second HELLO"))
-            if body > _MAX_HELLO_BODY:
-                raise self._fail(ProtocolError(f"HELLO body of {body} bytes (at most {_MAX_HELLO_BODY})"))
+            if body > MAX_HELLO_BODY:
+                raise self._fail(ProtocolError(f"HELLO body of {body} bytes (at most {MAX_HELLO_BODY})"))
             return
         if not self._got_hello:
             raise self._fail(ProtocolError(f"{name} frame before the peer's HELLO"))
-        if frame_type == 2:  # ACCEPT
+        if frame_type == FrameType.ACCEPT:
             if self._got_accept:
                 raise self._fail(ProtocolError("second ACCEPT"))
         elif self._state != "established":
             raise self._fail(ProtocolError(f"{name} frame before the peer's ACCEPT"))
-        expected = _BODY_SIZES.get(frame_type)
+        expected = BODY_SIZES.get(frame_type)  # type: ignore[call-overload]
         if expected is not None and body != expected:
             raise self._fail(ProtocolError(f"{name} body must be {expected} bytes, got {body}"))
-        if frame_type == 3 and body < 16:
+        if frame_type == _MESSAGE and body < 16:
             raise self._fail(ProtocolError(f"MESSAGE body of {body} bytes is shorter than 16"))
 
     def _frame(self, frame_type: int, body: memoryview) -> Any:
-        """The event of one complete frame whose header passed :meth:`_check_header`."""
-        if frame_type == 1:
-            return self._receive_hello(body)
-        if frame_type == 2:
+        """The event (or None) of one complete frame whose header passed :meth:`_check_header`."""
+        if frame_type == FrameType.HELLO:
+            self._receive_hello(body)
+            return None
+        if frame_type == FrameType.ACCEPT:
             self._got_accept = True
             self._state = "established"
-            return Accept()
-        if frame_type == 3:  # pragma: no cover - a MESSAGE that passed _check_header is fast-pathed
+            assert self.peer_node is not None and self.peer_incarnation is not None
+            return Established(self.peer_node, self.peer_incarnation)
+        if frame_type == _MESSAGE:  # pragma: no cover - a MESSAGE that passed _check_header is fast-pathed
             raise AssertionError("MESSAGE frames are parsed in receive_data")
-        if frame_type == 7:
+        if frame_type == FrameType.TICK:
             return Tick()
-        if frame_type == 8:
+        if frame_type == FrameType.CONTROL:
             return Control(body.tobytes())
-        # LINK, UNLINK, CLOSED: the body is 18 bytes
+        # MONITOR, DEMONITOR, DOWN: the body is 18 bytes
         name = _NAMES[frame_type]
         try:
             target = parse_mailbox_id(body)
         except IllegalAddressFormatError:
             raise self._fail(ProtocolError(f"{name} body is not a mailbox id")) from None
         node = target.node
-        if frame_type == 6:
+        if frame_type == FrameType.DOWN:
             if node != self.peer_node:
-                raise self._fail(ProtocolError(f"CLOSED for {target}, which is not on the peer's node"))
-            return Closed(target)
+                raise self._fail(ProtocolError(f"DOWN for {target}, which is not on the peer's node"))
+            return Down(target)
         if node != self._local_node:
             raise self._fail(ProtocolError(f"{name} for {target}, which is not on this node"))
-        return Link(target) if frame_type == 4 else Unlink(target)
+        return Monitor(target) if frame_type == FrameType.MONITOR else Demonitor(target)
 
-    def _receive_hello(self, body: memoryview) -> Hello:
+    def _receive_hello(self, body: memoryview) -> None:
         try:
             hello = decode(body, _refuse_address)
         except DecodeError as exc:
@@ -585,7 +509,8 @@ class WireProtocol:
                 f"unsupported protocol version {version} (this node speaks {PROTOCOL_VERSION})"
             ))
         if hello.keys() != _HELLO_KEYS:
-            raise self._fail(ProtocolError(f"HELLO keys must be {sorted(_HELLO_KEYS)}, got {sorted(map(repr, hello))}"[:300]))
+            keys = sorted(map(repr, hello))
+            raise self._fail(ProtocolError(f"HELLO keys must be {sorted(_HELLO_KEYS)}, got {keys}"[:300]))
         node, incarnation, cluster = hello["node"], hello["inc"], hello["cluster"]
         if type(cluster) is not bytes:
             raise self._fail(ProtocolError("HELLO cluster must be bytes"))
@@ -604,12 +529,4 @@ class WireProtocol:
         self._got_hello = True
         self.peer_node = node
         self.peer_incarnation = incarnation
-        return Hello(version, node, incarnation, cluster)
-
-
-_KNOWN = frozenset(int(t) for t in FrameType)
-_NAMES = {int(t): t.name for t in FrameType}
-#: Exact body sizes; MESSAGE (>= 16), HELLO and CONTROL vary.
-_BODY_SIZES = {2: 0, 4: _ID_SIZE, 5: _ID_SIZE, 6: _ID_SIZE, 7: 0}
-#: A valid HELLO body is ~60 bytes; refuse big ones before buffering or decoding them.
-_MAX_HELLO_BODY = 256
+        self._outgoing.append(empty_frame(FrameType.ACCEPT))

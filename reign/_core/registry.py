@@ -66,7 +66,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from ._ids import MAX_NODE_ID, UINT64_LIMIT, MailboxID
+from .ids import MAX_NODE_ID, UINT64_LIMIT, MailboxID
 
 __all__ = ["NO_EFFECTS", "Claim", "ClaimChange", "Effects", "RegistryState"]
 

@@ -1,0 +1,114 @@
+"""The strict CBOR codec's value model, wire tags and limits (shared by every codec module).
+
+The codec package is sans-IO: it imports no asyncio, ssl, socket or structlog.
+
+Value model (:func:`encode` accepts exactly these, :func:`decode` returns nothing else):
+``None``, ``bool``, ``int`` in ``-2**64 <= x < 2**64`` (CBOR major types 0/1 only, never
+bignum tags), ``float``, ``str``, ``bytes`` (``bytearray`` is sent as bytes), ``list``,
+``tuple``, ``dict`` (keys: any supported hashable value), :class:`~reign.Address`,
+:class:`~reign.MailboxID` and instances of classes registered with :func:`register_type`.
+Types are matched exactly: a subclass of ``int``/``str``/``dict``/... (an ``IntEnum``, an
+``OrderedDict``, a ``NamedTuple``) is refused unless registered itself. Nothing is pickled.
+
+Wire form: plain CBOR (RFC 8949) with four private tags of ours, taken from IANA's
+first-come-first-served range (unregistered; meaningful only between reign nodes):
+
+========================  ======  ============================================================
+value                      tag     content
+========================  ======  ============================================================
+tuple                      51200   array of the items
+MailboxID                  51201   array ``[node, incarnation, serial]``
+Address                    51202   array ``[node, incarnation, serial]``
+registered object          51203   array ``[name, field values...]`` (dataclasses: field order)
+========================  ======  ============================================================
+
+Decoder invariants (every failure is :class:`~reign.DecodeError` with a short reason; no other
+exception escapes :func:`decode` for bytes-like input):
+
+* only the four tags above (cbor2's built-in tags — 0/1 datetimes, 2/3 bignums, 28/29 shared
+  references, 35 regex, 36 MIME, 256/25 string references, 258 sets, 55799 self-describe, ... —
+  are all refused, through a ``semantic_decoders`` mapping whose lookup raises for any other
+  tag); no simple values or ``undefined`` (in small payloads the decoded value is walked for
+  them, only when one of their initial bytes occurs at all); no indefinite lengths; no
+  duplicate map keys; no map used as a map key; no trailing bytes;
+* nesting at most :data:`MAX_CBOR_DEPTH` CBOR levels (arrays, maps and tags each count one);
+* a CBOR array in map-key position decodes as a tuple (cbor2 decodes keys immutably). This is
+  the one non-canonical form accepted: it yields exactly the value a tagged tuple would.
+* memory: payloads over :data:`SCAN_THRESHOLD` bytes are first walked header by header in pure
+  Python (:func:`_scan`, no objects built) and refused when the Python objects they would
+  decode into are estimated (from CPython 3.11 object sizes, checked by the tests with
+  tracemalloc) to exceed :data:`MEMORY_FACTOR` bytes per payload byte. So decoding ``n`` bytes
+  builds at most ~``MEMORY_FACTOR * n`` bytes of objects; 1 MiB of empty arrays (65 bytes
+  each) or empty maps (72) is refused before anything is built. Smaller payloads cannot
+  amplify past ~72 x 4 KiB.
+* :func:`encode` refuses (``EncodeError``) any message the decoder would refuse, so a sender
+  learns of it instead of its peer dropping the connection.
+
+Registry: :func:`register_type` is process-global (like Go's ``gob.Register``); the registered
+name, not the Python class path, identifies the class on the wire.
+"""
+
+from __future__ import annotations
+
+from ..address import Address
+from ..ids import MailboxID
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_CBOR_DEPTH",
+    "MAX_ITEMS",
+    "SCAN_THRESHOLD",
+    "MEMORY_FACTOR",
+    "TAG_TUPLE",
+    "TAG_MAILBOX_ID",
+    "TAG_ADDRESS",
+    "TAG_OBJECT",
+    "INT_MIN",
+    "INT_LIMIT",
+    "LEAVES",
+    "BUILTIN_TYPES",
+]
+
+#: Deepest nesting of containers (list, tuple, dict, registered object) a message may have;
+#: the top-level container is level 1. Erlang's external term format has no such limit, but
+#: the receiving decoder needs one (cbor2's Rust code recurses on the C stack: it crashed the
+#: process, SIGSEGV, somewhere between 1,000 and 10,000 levels when it still encoded for us),
+#: and both the encoder here and the receiver's checks recurse once per level; 64 is far
+#: beyond any real message shape and keeps every recursion in this module shallow.
+MAX_DEPTH = 64
+
+#: Deepest CBOR nesting :func:`decode` accepts (cbor2 counts non-empty arrays, non-empty maps
+#: and tags): a tuple or registered object is a tag plus an array (2 levels), and an Address or
+#: MailboxID at the bottom adds 2 more, so the deepest encodable message needs 2*64+2.
+MAX_CBOR_DEPTH = 2 * MAX_DEPTH + 2
+
+#: Most container items (list/tuple items, dict keys and values, fields) one message may hold.
+#: A DAG that reuses a sublist can be exponentially larger than its object graph; this stops
+#: its walk (~0.5 s). Checking and writing an item costs ~0.1-0.3 us on each side, so 4 Mi
+#: items already stall an event loop for a second; bulk data belongs in ``bytes``.
+MAX_ITEMS = 1 << 22
+
+#: Payloads larger than this are scanned (:func:`_scan`) before decoding. Below it the worst
+#: amplification (empty maps, 72 bytes of objects per byte) stays under 300 KiB, and skipping
+#: the pure-Python scan keeps small messages at cbor2's speed.
+SCAN_THRESHOLD = 4096
+
+#: Largest estimated decoded size per payload byte. Measured with tracemalloc on CPython 3.11
+#: (see tests): empty arrays cost 65 bytes per byte, empty maps 72, one-entry maps with a
+#: 2-letter key ~57, pairs ``[1, 2]`` 32, records of three short fields ~19, small ints 8.
+#: 60 refuses the pure "empty containers" bombs while accepting every realistic shape.
+MEMORY_FACTOR = 60
+
+TAG_TUPLE = 51200
+TAG_MAILBOX_ID = 51201
+TAG_ADDRESS = 51202
+TAG_OBJECT = 51203
+
+INT_MIN = -(1 << 64)
+INT_LIMIT = 1 << 64
+
+NoneType = type(None)
+#: Exact types that contain nothing to check (Address and MailboxID are valid by construction).
+LEAVES = frozenset({NoneType, bool, float, str, bytes, bytearray, Address, MailboxID})
+#: Types register_type refuses: the codec already has a meaning for them.
+BUILTIN_TYPES = frozenset({*LEAVES, int, list, tuple, dict})

@@ -1,0 +1,303 @@
+"""One TLS connection to a peer: the socket side of a :class:`~reign._core.protocol.PeerProtocol`.
+
+The connection owns the transport and nothing of the protocol: it checks the certificate the
+peer proved, feeds every read to the node's :class:`~reign._core.inbound.Inbound` (the one
+receive path), writes what the protocol and the node produce, and reports its end.
+
+Invariants:
+
+* Frames are written in the order they were produced; writes made in one loop iteration are
+  joined into one ``transport.write`` (one write per frame is ~10x slower, FACTS.md).
+  The protocol's own handshake bytes (HELLO, ACCEPT) always go out before anything else.
+* Nothing a peer sends can raise out of this module: protocol, decode and handshake errors
+  close this one connection and are logged once with the peer and the reason; a bug in the
+  node's handling closes the connection too, logged as ``peer.internal_error``.
+* ``abort()`` and ``close_gracefully()`` report the end to the owner before they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from .._config.certs import node_id_from_certificate
+from .._core.frames import MESSAGE_HEADER, FrameType
+from .._core.ids import MailboxID
+from .._core.inbound import Inbound
+from .._core.protocol import Established, PeerProtocol
+from .._errors import HandshakeError, ProtocolError, ReignError
+
+if TYPE_CHECKING:
+    from .peer import Peer
+
+__all__ = ["Connection", "ConnectionOwner", "HELLO_TIMEOUT", "WRITE_HIGH_WATER", "WRITE_LOW_WATER"]
+
+#: Seconds from TCP accept/connect to a completed HELLO exchange.
+HELLO_TIMEOUT = 10.0
+#: Outbound high-water mark per connection: past it the peer is "busy" (``wait_drained``).
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+WRITE_LOW_WATER = 1024 * 1024
+
+_pack_message_header = MESSAGE_HEADER.pack
+_MESSAGE = int(FrameType.MESSAGE)
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the node's connection manager (``reign._runtime.cluster``)."""
+
+    node_id: int
+    incarnation: int
+    cluster_id: bytes
+    max_frame_bytes: int
+    inbound: Inbound
+    read_view: memoryview
+    log: Any
+
+    def connection_made(self, conn: Connection) -> None: ...
+    def check_peer(self, proven: int, inbound: bool) -> None: ...
+    def connection_established(self, conn: Connection, event: Established) -> bool: ...
+    def handle_event(self, conn: Connection, event: Any) -> bool: ...
+    def handle_control(self, conn: Connection, value: Any) -> None: ...
+    def connection_closed(self, conn: Connection) -> None: ...
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One TLS connection: the protocol state machine plus coalesced writes."""
+
+    def __init__(self, owner: ConnectionOwner, expected_peer: int | None, remote: str) -> None:
+        self.owner = owner
+        self.loop = asyncio.get_running_loop()
+        self.expected_peer = expected_peer
+        self.remote = remote
+        self.proven: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self.protocol: PeerProtocol | None = None
+        self.peer: Peer | None = None
+        self.view = owner.read_view
+        self.out: list[bytes] = []
+        self.unwritten_messages = 0
+        self.flush_scheduled = False
+        self.last_write = self.loop.time()
+        self.last_read = self.loop.time()
+        self.closed = False
+        self.close_reason: str | None = None
+        self.established: asyncio.Future[None] = self.loop.create_future()
+        self.hello_timer: asyncio.TimerHandle | None = None  # started by connection_made
+        self._on_event = self._event
+        self._on_control = self._control
+
+    def __repr__(self) -> str:
+        return f"<Connection peer={self.peer_id_for_log()} remote={self.remote} closed={self.closed}>"
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
+        self.transport = transport
+        self.hello_timer = self.loop.call_later(HELLO_TIMEOUT, self._hello_timeout)
+        owner = self.owner
+        owner.connection_made(self)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        try:
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if not der:
+                raise HandshakeError("peer presented no certificate")
+            proven = node_id_from_certificate(der)
+            if self.expected_peer is not None and proven != self.expected_peer:
+                raise HandshakeError(
+                    f"dialled node {self.expected_peer} but its certificate proves node {proven}"
+                )
+            owner.check_peer(proven, self.expected_peer is None)
+        except ReignError as exc:
+            self.fail(exc)
+            return
+        self.proven = proven
+        self.protocol = PeerProtocol(
+            local_node=owner.node_id,
+            local_incarnation=owner.incarnation,
+            cluster_id=owner.cluster_id,
+            expected_peer=proven,
+            max_frame_bytes=owner.max_frame_bytes,
+        )
+        self.write(self.protocol.data_to_send())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        protocol = self.protocol
+        if protocol is None or self.closed:
+            return
+        self.last_read = self.loop.time()
+        try:
+            count = self.owner.inbound.receive(protocol, self.view[:nbytes], self._on_event, self._on_control)
+            peer = self.peer
+            if peer is not None:
+                peer.last_heard = self.last_read
+                peer.messages_in += count
+            elif not self.closed:
+                handshake = protocol.data_to_send()  # our ACCEPT, after the peer's HELLO
+                if handshake:
+                    self.write(handshake)
+        except ProtocolError as exc:
+            self.fail(exc)
+        except Exception as exc:  # a bug must not kill the node: drop this connection, loudly
+            self.owner.log.exception("peer.internal_error", peer=self.peer_id_for_log())
+            self.fail(ProtocolError(f"internal error: {exc!r}"))
+
+    def _event(self, event: Any) -> bool:
+        if type(event) is Established:
+            assert self.protocol is not None
+            handshake = self.protocol.data_to_send()
+            if handshake:  # our ACCEPT goes out before anything the node sends on its own
+                self.write(handshake)
+            self.cancel_hello_timer()
+            return self.owner.connection_established(self, event) or self.closed
+        return self.owner.handle_event(self, event) or self.closed
+
+    def _control(self, value: Any) -> None:
+        self.owner.handle_control(self, value)
+
+    def eof_received(self) -> bool:
+        self.close_reason = self.close_reason or "peer closed the connection"
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.cancel_hello_timer()
+        if exc is not None and self.close_reason is None:
+            self.close_reason = f"connection lost: {exc!r}"
+        self._fail_established()
+        self.owner.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.drained.clear()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.update_drained()
+
+    # ------------------------------------------------------------ writing
+
+    def write(self, frame: bytes) -> None:
+        """Queue one frame (or several, joined) for this loop iteration's write."""
+        self.out.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def write_message(self, incarnation: int, serial: int, payload: bytes) -> None:
+        """Queue one MESSAGE frame: its 21-byte header and ``payload`` (not copied)."""
+        out = self.out
+        out.append(_pack_message_header(17 + len(payload), _MESSAGE, incarnation, serial))
+        out.append(payload)
+        self.unwritten_messages += 1
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def write_down(self, target: MailboxID) -> None:
+        """Queue DOWN(target); a dead protocol drops this connection, never the caller's close."""
+        protocol = self.protocol
+        if protocol is None or self.closed:
+            return
+        try:
+            self.write(protocol.down(target))
+        except Exception as exc:
+            self.fail(ProtocolError(f"cannot send DOWN: {exc!r}"))
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed or not self.out:
+            return
+        data = b"".join(self.out)
+        self.out = []
+        self.unwritten_messages = 0
+        try:
+            assert self.transport is not None
+            self.transport.write(data)
+        except Exception as exc:  # a failed write closes this connection, never the process
+            self.fail(ProtocolError(f"write failed: {exc!r}"))
+            return
+        self.last_write = self.loop.time()
+        peer = self.peer
+        if peer is not None and not peer.drained.is_set():
+            # The TLS transport may never pause/resume us (it hands bytes straight to the
+            # socket transport), so a waiter must be re-evaluated after every flush.
+            peer.update_drained()
+
+    @property
+    def unwritten_bytes(self) -> int:
+        """Bytes queued for this loop iteration's write (computed: the hot path counts nothing)."""
+        return sum(map(len, self.out))
+
+    def transport_buffer(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def queued_bytes(self) -> int:
+        """Everything written to this connection and not yet handed to the kernel."""
+        return self.unwritten_bytes + self.transport_buffer()
+
+    # ------------------------------------------------------------ closing
+
+    def fail(self, exc: Exception) -> None:
+        """Close this connection because of ``exc``; logged once with the peer and reason."""
+        if self.closed:
+            return
+        reason = str(exc) or type(exc).__name__
+        self.close_reason = reason
+        protocol = self.protocol
+        if isinstance(exc, HandshakeError) or protocol is None or not protocol.handshake_completed:
+            event = "peer.handshake.rejected"
+        else:
+            event = "peer.protocol_error"
+        self.owner.log.warning(
+            event, peer=self.peer_id_for_log(), remote=self.remote, reason=reason,
+            error=type(exc).__name__,
+        )
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now; the peer (if attached) is down before this returns."""
+        if self.closed:
+            return
+        self.closed = True
+        self.cancel_hello_timer()
+        if self.transport is not None:
+            self.transport.abort()
+        self._fail_established()
+        self.owner.connection_closed(self)
+
+    def close_gracefully(self) -> None:
+        """Write what is queued, then close; the peer (if attached) is down before this returns."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self.cancel_hello_timer()
+        if self.transport is not None:
+            self.transport.close()
+        self._fail_established()
+        self.owner.connection_closed(self)
+
+    def _fail_established(self) -> None:
+        if not self.established.done():
+            self.established.set_exception(
+                HandshakeError(self.close_reason or "connection closed before HELLO completed")
+            )
+            self.established.exception()  # retrieved: the dialler may have stopped waiting
+
+    def cancel_hello_timer(self) -> None:
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+
+    def _hello_timeout(self) -> None:
+        protocol = self.protocol
+        if not (protocol is not None and protocol.state == "established"):
+            self.fail(HandshakeError(f"no HELLO exchange within {HELLO_TIMEOUT:g} s"))
+
+    def peer_id_for_log(self) -> int | None:
+        return self.proven if self.proven is not None else self.expected_peer
