@@ -1,12 +1,13 @@
 # The README's two commands:
 #   make demo   set up .venv, create certificates if absent, run the two-node chat demo
-#   make test   set up .venv and run the whole test suite (what CI runs)
+#   make test   set up .venv, run the static checks (ruff, mypy --strict) and the whole test
+#               suite with line coverage of the library (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test check bench venv clean
 
 venv: $(STAMP)
 
@@ -19,8 +20,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python -m reign_sample.quickstart
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+check: $(STAMP)
+	$(VENV)/bin/ruff check reign reign_init reign_sample tests bench fuzz examples
+	$(VENV)/bin/mypy
+
+test: check
+	$(PY) -m pytest -q --cov=reign --cov-report=term
 
 bench: $(STAMP)
 	$(PY) bench/local.py

@@ -10,8 +10,6 @@ import logging
 import os
 import resource
 import statistics
-import sys
-from pathlib import Path
 
 # Throwaway CA, certificates and a spec on free loopback ports: the same helpers the tests use.
 from reign.testing import free_ports, make_cluster  # noqa: F401 - re-exported for the benchmarks

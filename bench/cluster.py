@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_util as util  # noqa: E402
-import _raw_tls as raw  # noqa: E402
+import reign
+from reign._config import tls as _tls
+from reign._core import codec as _codec
 
-import reign  # noqa: E402
-from reign._config import tls as _tls  # noqa: E402
-from reign._core import codec as _codec  # noqa: E402
+import _bench_util as util
+import _raw_tls as raw
 
 BATCH = 1000
 #: A one-way run that makes no progress for this long is reported as a stall, not waited on.

@@ -139,11 +139,11 @@ def reign_pingpong(n: int) -> Callable[[Any, Any], Any]:
 async def raw_pair(folder: Path, body: Callable[[Any, Any], Any]) -> None:
     """A raw-TLS server (node 0's credentials) and a client (node 1's) in this process; runs
     ``await body(conn, address)`` where ``address`` is a reign address for payload building."""
-    import _raw_tls as raw
-    from reign.testing import free_ports, make_cluster
-
     import reign
     from reign._config import tls as _tls
+    from reign.testing import free_ports, make_cluster
+
+    import _raw_tls as raw
 
     spec = reign.ClusterSpec.load(make_cluster(folder, [0, 1]))
     port = free_ports(1)[0]
@@ -161,9 +161,9 @@ async def raw_pair(folder: Path, body: Callable[[Any, Any], Any]) -> None:
 
 def raw_oneway(n: int, message: Any) -> Callable[[Any, Any], Any]:
     async def body(conn: Any, address: Any) -> None:
-        import _raw_tls as raw
-
         from reign._core import codec as _codec
+
+        import _raw_tls as raw
 
         payload = _codec.encode(message)
         await raw.oneway(conn, lambda i: payload, n, BATCH)
@@ -173,9 +173,9 @@ def raw_oneway(n: int, message: Any) -> Callable[[Any, Any], Any]:
 
 def raw_pingpong(n: int) -> Callable[[Any, Any], Any]:
     async def body(conn: Any, address: Any) -> None:
-        import _raw_tls as raw
-
         from reign._core import codec as _codec
+
+        import _raw_tls as raw
 
         await raw.pingpong(conn, _codec.encode((address, 1234)), n)
 

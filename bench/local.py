@@ -22,11 +22,10 @@ import sys
 import time
 import tracemalloc
 from collections import deque
-from pathlib import Path
 
 import uvloop
 
-import reign  # noqa: E402
+import reign
 
 BATCH = 1000
 

@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_util as util  # noqa: E402
+import reign
+from reign._runtime import cluster as _reign_cluster
 
-import reign  # noqa: E402
-from reign._runtime import cluster as _reign_cluster  # noqa: E402
+import _bench_util as util
 
 #: File descriptors a worker needs beyond one per connection end and listener.
 FD_MARGIN = 256

@@ -113,8 +113,8 @@ def main() -> None:
     except ImportError:
         sys.exit("atheris is not installed: pip install atheris")
     with atheris.instrument_imports():
-        import reign._core.codec  # noqa: F401
-        import reign._core.inbound  # noqa: F401
+        import reign._core.codec
+        import reign._core.inbound
         import reign._core.protocol  # noqa: F401
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()

@@ -45,7 +45,34 @@ _EXPORTS: dict[str, str] = {
     "run": "reign._runtime.node",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Address",
+    "CantGloballyRegisterError",
+    "ClusterSpec",
+    "ClusterSpecError",
+    "DecodeError",
+    "Empty",
+    "EncodeError",
+    "HandshakeError",
+    "IllegalAddressFormatError",
+    "Mailbox",
+    "MailboxClosed",
+    "MailboxClosedError",
+    "MailboxID",
+    "MultipleClaim",
+    "Names",
+    "Node",
+    "NodeSpec",
+    "NodeStatistics",
+    "PeerStatistics",
+    "ProtocolError",
+    "ReignError",
+    "create_from_spec",
+    "create_from_spec_file",
+    "no_clustering",
+    "register_type",
+    "run",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -62,24 +89,81 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from ._config.spec import ClusterSpec, NodeSpec
-    from ._core.address import Address
-    from ._core.codec.types import register_type
-    from ._core.ids import MailboxID
-    from ._core.messages import MailboxClosed, MultipleClaim
-    from ._errors import (
-        CantGloballyRegisterError,
-        ClusterSpecError,
-        DecodeError,
-        Empty,
-        EncodeError,
-        HandshakeError,
-        IllegalAddressFormatError,
-        MailboxClosedError,
-        ProtocolError,
-        ReignError,
+    from ._config.spec import (
+        ClusterSpec as ClusterSpec,
     )
-    from ._runtime.mailbox import Mailbox
-    from ._runtime.names import Names
-    from ._runtime.node import Node, NodeStatistics, create_from_spec, create_from_spec_file, no_clustering, run
-    from ._runtime.peer import PeerStatistics
+    from ._config.spec import (
+        NodeSpec as NodeSpec,
+    )
+    from ._core.address import (
+        Address as Address,
+    )
+    from ._core.codec.types import (
+        register_type as register_type,
+    )
+    from ._core.ids import (
+        MailboxID as MailboxID,
+    )
+    from ._core.messages import (
+        MailboxClosed as MailboxClosed,
+    )
+    from ._core.messages import (
+        MultipleClaim as MultipleClaim,
+    )
+    from ._errors import (
+        CantGloballyRegisterError as CantGloballyRegisterError,
+    )
+    from ._errors import (
+        ClusterSpecError as ClusterSpecError,
+    )
+    from ._errors import (
+        DecodeError as DecodeError,
+    )
+    from ._errors import (
+        Empty as Empty,
+    )
+    from ._errors import (
+        EncodeError as EncodeError,
+    )
+    from ._errors import (
+        HandshakeError as HandshakeError,
+    )
+    from ._errors import (
+        IllegalAddressFormatError as IllegalAddressFormatError,
+    )
+    from ._errors import (
+        MailboxClosedError as MailboxClosedError,
+    )
+    from ._errors import (
+        ProtocolError as ProtocolError,
+    )
+    from ._errors import (
+        ReignError as ReignError,
+    )
+    from ._runtime.mailbox import (
+        Mailbox as Mailbox,
+    )
+    from ._runtime.names import (
+        Names as Names,
+    )
+    from ._runtime.node import (
+        Node as Node,
+    )
+    from ._runtime.node import (
+        NodeStatistics as NodeStatistics,
+    )
+    from ._runtime.node import (
+        create_from_spec as create_from_spec,
+    )
+    from ._runtime.node import (
+        create_from_spec_file as create_from_spec_file,
+    )
+    from ._runtime.node import (
+        no_clustering as no_clustering,
+    )
+    from ._runtime.node import (
+        run as run,
+    )
+    from ._runtime.peer import (
+        PeerStatistics as PeerStatistics,
+    )

@@ -40,10 +40,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reign._config import certs as _certs
 from reign._cli import OneLineParser, one_line, os_reason
-from reign._errors import ClusterSpecError, HandshakeError
+from reign._config import certs as _certs
 from reign._config.spec import ClusterSpec, NodeSpec
+from reign._errors import ClusterSpecError, HandshakeError
 
 PROG = "reign_init"
 CA_CERT_FILE = "reign_ca.crt"

@@ -9,7 +9,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 

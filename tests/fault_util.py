@@ -143,7 +143,7 @@ class Child:
             try:
                 self.proc.stdin.close()
                 await asyncio.wait_for(self.proc.wait(), timeout)
-            except (asyncio.TimeoutError, OSError, BrokenPipeError):
+            except (TimeoutError, OSError, BrokenPipeError):
                 self.signal(signal.SIGKILL)
         await self.close()
 

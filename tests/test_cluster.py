@@ -15,7 +15,7 @@ import reign
 from reign._core import codec as _codec
 from reign._core import frames as _wire
 
-from cluster_util import listen_address, CA, drain, make_cluster, raw_peer, wait_connected, wait_for
+from cluster_util import CA, drain, listen_address, make_cluster, raw_peer, wait_connected, wait_for
 
 
 @reign.register_type(name="test.Chat")

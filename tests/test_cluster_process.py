@@ -6,9 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from cluster_util import ChildNode, make_cluster, wait_for
 
 import reign
+
+from cluster_util import ChildNode, make_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 

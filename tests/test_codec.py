@@ -24,15 +24,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from reign._core import codec as _codec
+from reign._core.address import Address
+from reign._core.codec import MAX_DEPTH, MEMORY_FACTOR, SCAN_THRESHOLD, decode, encode, register_type
 from reign._core.codec import decoder as _decoder
 from reign._core.codec import encoder as _encoder
 from reign._core.codec import scan as _scan
 from reign._core.codec import types as _types
-from reign._core.address import Address
-from reign._core.codec import MAX_DEPTH, MEMORY_FACTOR, SCAN_THRESHOLD, decode, encode, register_type
-from reign._errors import DecodeError, EncodeError
 from reign._core.ids import MailboxID
 from reign._core.messages import MailboxClosed, MultipleClaim
+from reign._errors import DecodeError, EncodeError
 
 NODE = object()  # Address only stores its node; the codec never touches it
 
@@ -414,7 +414,7 @@ def _cyclic_object() -> Mutable:
         ([UnregisteredDataclass(1)], "UnregisteredDataclass"),
         ({1, 2}, "set"),
         ({"s": frozenset()}, "frozenset"),
-        (datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc), "datetime"),
+        (datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC), "datetime"),
         (datetime.date(2024, 1, 1), "date"),
         (decimal.Decimal("1.5"), "Decimal"),
         (fractions.Fraction(1, 3), "Fraction"),
@@ -693,7 +693,7 @@ def test_truncated_input_is_refused_at_every_cut() -> None:
         with pytest.raises(DecodeError):
             decode(data[:cut], make_address)
     big = encode([value, "p" * SCAN_THRESHOLD])
-    for cut in list(range(0, 200)) + [len(big) - 1, len(big) - 5]:
+    for cut in list(range(200)) + [len(big) - 1, len(big) - 5]:
         with pytest.raises(DecodeError):
             decode(big[:cut], make_address)
 
@@ -751,7 +751,7 @@ NEAR_LIMIT_SHAPES = {
     "points": [Point(i, (i,)) for i in range(1000)],
     "nested": [[[[i]]] for i in range(2000)],
     "dicts-of-6": [{str(k): k for k in range(6)} for _ in range(300)],
-    "dicts-of-100": [{k: None for k in range(100)} for _ in range(20)],
+    "dicts-of-100": [dict.fromkeys(range(100)) for _ in range(20)],
 }
 
 

@@ -43,17 +43,17 @@ from structlog.testing import capture_logs
 
 import reign
 from reign._config import certs as _certs
+from reign._config.tls import client_context
 from reign._core import codec as _codec
 from reign._core import frames as _wire
 from reign._core.codec import decoder as _decoder
 from reign._core.inbound import Inbound
 from reign._core.protocol import Established, PeerProtocol
+from reign._errors import DecodeError, ProtocolError
 from reign._runtime import cluster as _cluster
 from reign._runtime import connection as _connection
-from reign._errors import DecodeError, ProtocolError
-from reign._config.tls import client_context
 
-from cluster_util import listen_address, CA, make_cluster, wait_connected, wait_for, write_spec
+from cluster_util import CA, listen_address, make_cluster, wait_connected, wait_for, write_spec
 from fault_util import Fleet
 from wire_util import handshake
 
@@ -72,7 +72,7 @@ def expired_certificate(ca: CA, node_id: int) -> tuple[bytes, bytes]:
     cert_pem, key_pem = _certs.create_node_certificate(ca.cert, ca.key, node_id)
     good = x509.load_pem_x509_certificate(cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key, None)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(good.subject)
@@ -376,7 +376,7 @@ async def test_hostile_frames_close_only_that_connection_within_budget(tmp_path:
                         assert peak < MEMORY_BUDGET, f"{name}: {peak / _MIB:.1f} MiB"
                     # Node 3 is still served: a round trip after every hostile connection.
                     n2.address(n3.inbox).send(("ping", inbox, name))
-                    await wait_for(lambda: name in received_pongs, timeout=5)
+                    await wait_for(lambda name=name: name in received_pongs, timeout=5)
             finally:
                 tracemalloc.stop()
             count = len(received)

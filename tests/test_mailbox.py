@@ -421,7 +421,7 @@ async def test_send_from_four_threads_keeps_per_thread_order(node: reign.Node) -
     threads = [threading.Thread(target=producer, args=(t,)) for t in range(4)]
     for t in threads:
         t.start()
-    seen = {t: -1 for t in range(4)}
+    seen = dict.fromkeys(range(4), -1)
     for _ in range(4 * per_thread):
         tid, i = await mbox.receive(timeout=10)
         assert i == seen[tid] + 1, f"thread {tid} reordered: {i} after {seen[tid]}"

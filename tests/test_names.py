@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from cluster_util import drain
-
 import reign
 from reign._runtime.names import MAX_NAME_BYTES
+
+from cluster_util import drain
 
 
 async def test_register_lookup_seen_and_unregister() -> None:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from cluster_util import CA
 from fault_util import Fleet, check_streams, quiesce
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from reign._core import codec as _codec
 from reign._core import frames as _frames
-from reign._core.frames import DEFAULT_MAX_FRAME_BYTES, MESSAGE_OVERHEAD, PROTOCOL_VERSION, FrameType
+from reign._core.frames import MESSAGE_OVERHEAD, PROTOCOL_VERSION, FrameType
 from reign._core.ids import MailboxID
 from reign._core.protocol import (
     Control,
@@ -28,7 +28,7 @@ from reign._core.protocol import (
 )
 from reign._errors import DecodeError, EncodeError, HandshakeError, ProtocolError
 
-from wire_util import CLUSTER, INC_A, INC_B, established_pair, handshake
+from wire_util import CLUSTER, INC_A, INC_B, established_pair
 from wire_util import new_protocol as new
 
 OTHER_CLUSTER = bytes(range(1, 33))

@@ -473,7 +473,7 @@ class ClusterMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.incarnation = {n: 1 for n in NODES}
+        self.incarnation = dict.fromkeys(NODES, 1)
         self.states = {n: RegistryState(n) for n in NODES}
         self.serial = dict.fromkeys(NODES, 0)
         self.slots: dict[int, list[MailboxID | None]] = {n: [None] * SLOTS for n in NODES}

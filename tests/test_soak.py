@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cluster_util import make_cluster
 from fault_util import Fleet, check_streams, quiesce
 

@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from reign._config.certs import create_ca, create_node_certificate
-from reign._errors import ClusterSpecError
 from reign._config.spec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_NET_TICKTIME,
@@ -22,6 +21,7 @@ from reign._config.spec import (
     ClusterSpec,
     NodeSpec,
 )
+from reign._errors import ClusterSpecError
 
 BASE: dict[str, Any] = {
     "nodes": [{"id": 1, "address": "127.0.0.1:20000"}, {"id": 2, "address": "127.0.0.1:20001"}],

@@ -60,8 +60,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .._errors import HandshakeError
 from .._core.ids import MAX_NODE_ID
+from .._errors import HandshakeError
 
 __all__ = [
     "CA_COMMON_NAME",

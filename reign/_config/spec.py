@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import certs as _certs
-from .._errors import ClusterSpecError, HandshakeError
 from .._core.ids import MAX_NODE_ID
+from .._errors import ClusterSpecError, HandshakeError
+from . import certs as _certs
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -246,7 +246,11 @@ class NodeSpec:
             )
 
     @classmethod
-    def _from_json(cls, where: str, data: object) -> NodeSpec:
+    def from_json(cls, where: str, data: object) -> NodeSpec:
+        """A node from its JSON object; ``where`` is its path in the spec for error messages.
+
+        Raises :class:`ClusterSpecError` naming the field.
+        """
         if not isinstance(data, Mapping):
             raise _fail(where, f"expected an object with 'id' and 'address', got {_show(data)}")
         unknown = sorted(set(data) - _NODE_FIELDS)
@@ -372,7 +376,7 @@ class ClusterSpec:
         raw_nodes = data["nodes"]
         if not isinstance(raw_nodes, list) or not raw_nodes:
             raise _fail("nodes", f"must be a non-empty list of nodes, got {_show(raw_nodes)}")
-        nodes = tuple(NodeSpec._from_json(f"nodes[{i}]", raw) for i, raw in enumerate(raw_nodes))
+        nodes = tuple(NodeSpec.from_json(f"nodes[{i}]", raw) for i, raw in enumerate(raw_nodes))
         kwargs: dict[str, Any] = {}
         for path_field, pem_field, _ in _CREDENTIALS:
             if data.get(path_field) is not None:

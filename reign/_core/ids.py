@@ -23,10 +23,9 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
 from typing import Any
-from collections.abc import Callable
 
 from .._errors import DecodeError, IllegalAddressFormatError
 
@@ -140,9 +139,10 @@ def _make_fast_mailbox_id() -> Callable[[int, int, int], MailboxID]:
     if getattr(MailboxID, "__slots__", None) != ("node", "incarnation", "serial"):
         return _slow_mailbox_id
     new = object.__new__
-    set_node = MailboxID.node.__set__  # type: ignore[attr-defined]
-    set_incarnation = MailboxID.incarnation.__set__  # type: ignore[attr-defined]
-    set_serial = MailboxID.serial.__set__  # type: ignore[attr-defined]
+    slots: Mapping[str, Any] = vars(MailboxID)  # the slot descriptors
+    set_node = slots["node"].__set__
+    set_incarnation = slots["incarnation"].__set__
+    set_serial = slots["serial"].__set__
 
     def fast(node: int, incarnation: int, serial: int) -> MailboxID:
         mid = new(MailboxID)

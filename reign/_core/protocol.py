@@ -39,13 +39,13 @@ from .frames import (
     BODY_SIZES,
     CLUSTER_ID_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
+    HEADER,
     LENGTH,
     LENGTH_LIMIT,
     MAX_HELLO_BODY,
     MESSAGE_HEADER,
     PROTOCOL_VERSION,
     FrameType,
-    HEADER,
     empty_frame,
     id_frame,
     message_frame,
@@ -76,13 +76,13 @@ class _Event:
     __slots__ = ()
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+        return type(self) is type(other) and super().__eq__(other)  # the NamedTuple's
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple.__hash__(self)))  # type: ignore[arg-type]
+        return hash((type(self).__name__, super().__hash__()))
 
 
 class _EstablishedFields(NamedTuple):

@@ -395,7 +395,7 @@ class Mailbox:
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             future = waiter.future if type(waiter) is _MatchWaiter else waiter
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(MailboxClosedError(f"mailbox {self.id} was closed"))
         watchers, self._watchers = self._watchers, None
         watching, self._watching = self._watching, None

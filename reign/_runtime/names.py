@@ -162,6 +162,14 @@ class Names:
         self._syncs: dict[int, tuple[asyncio.Future[None], set[int]]] = {}
         self._received: dict[int, int] = {}  # peer -> claims of its snapshot so far (for logs)
         self._log = _log.bind(node=node.id)
+        self._handlers: dict[str, Callable[[int, list[Any]], None]] = {
+            "reg.begin": self._on_begin,
+            "reg.chunk": self._on_chunk,
+            "reg.end": self._on_end,
+            "reg.changes": self._on_changes,
+            "reg.sync": self._on_sync,
+            "reg.synced": self._on_synced,
+        }
         node.add_close_listener(self._mailbox_closed)
         if cluster is not None:
             cluster.add_listener(self)
@@ -361,7 +369,7 @@ class Names:
         self._up.discard(peer)
         self._received.pop(peer, None)
         self._apply(self._state.node_lost(peer))
-        for seq, (future, waiting) in list(self._syncs.items()):
+        for future, waiting in list(self._syncs.values()):
             waiting.discard(peer)
             if not waiting and not future.done():
                 future.set_result(None)
@@ -373,11 +381,11 @@ class Names:
         """
         if type(payload) is not list or not payload or type(payload[0]) is not str:
             raise ProtocolError(f"registry frame from node {peer} is not a [kind, ...] list")
-        handler = _HANDLERS.get(payload[0])
+        handler = self._handlers.get(payload[0])
         if handler is None:
             raise ProtocolError(f"unknown registry frame {payload[0]!r:.40} from node {peer}")
         try:
-            handler(self, peer, payload)
+            handler(peer, payload)
         except ValueError as exc:  # the state refused the data: the peer broke the protocol
             raise ProtocolError(f"registry frame {payload[0]} from node {peer}: {exc}") from None
 
@@ -467,14 +475,6 @@ class Names:
         return fn(name)
 
 
-_HANDLERS: dict[str, Callable[[Names, int, list[Any]], None]] = {
-    "reg.begin": Names._on_begin,
-    "reg.chunk": Names._on_chunk,
-    "reg.end": Names._on_end,
-    "reg.changes": Names._on_changes,
-    "reg.sync": Names._on_sync,
-    "reg.synced": Names._on_synced,
-}
 
 
 def _expect_len(payload: list[Any], length: int, peer: int) -> None:

@@ -272,7 +272,9 @@ class Node:
         high-water mark (like Erlang's busy distribution port).
 
         ``send`` never blocks; a fast producer awaits this between bursts so it cannot outrun a
-        slow link. While a peer is not connected, its pending buffer counts. Raises
+        slow link. It always lets the loop run once, even when nothing waits, so such a loop
+        never starves the node's own writes and reads. While a peer is not connected, its
+        pending buffer counts. Raises
         :class:`TimeoutError` after ``timeout`` seconds and :class:`KeyError` for a node id not
         in the spec. Returns at once on a ``no_clustering()`` node.
         """

@@ -84,8 +84,9 @@ def _tag_decoder(build: Callable[[Any], Any]) -> Callable[[bool], tuple[None, Ca
     def begin(immutable: bool) -> tuple[None, Callable[[Any], Any]]:
         return answer
 
-    begin._cbor2_name = None  # type: ignore[attr-defined]
-    begin._cbor2_immutable = False  # type: ignore[attr-defined]
+    # cbor2's own protocol attributes on the decoder callable, not a private member of ours:
+    begin._cbor2_name = None  # type: ignore[attr-defined]  # noqa: SLF001
+    begin._cbor2_immutable = False  # type: ignore[attr-defined]  # noqa: SLF001
     return begin
 
 

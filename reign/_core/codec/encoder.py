@@ -19,7 +19,18 @@ from typing import Any
 from ..._errors import DecodeError, EncodeError
 from ..address import Address
 from ..ids import MailboxID
-from .model import INT_LIMIT, INT_MIN, MAX_DEPTH, MAX_ITEMS, MEMORY_FACTOR, SCAN_THRESHOLD, TAG_ADDRESS, TAG_MAILBOX_ID, TAG_OBJECT, TAG_TUPLE
+from .model import (
+    INT_LIMIT,
+    INT_MIN,
+    MAX_DEPTH,
+    MAX_ITEMS,
+    MEMORY_FACTOR,
+    SCAN_THRESHOLD,
+    TAG_ADDRESS,
+    TAG_MAILBOX_ID,
+    TAG_OBJECT,
+    TAG_TUPLE,
+)
 from .scan import scan
 from .types import BY_TYPE
 
@@ -208,6 +219,7 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
         elif t is list:
             append(_SHORT[4][size] if size < 24 else _head(4, size))
         else:  # a registered object: [name, *fields]
+            assert reg is not None
             append(_OBJECT_HEADER)
             append(_head(4, size))
             _put(reg.name, out, depth, budget)

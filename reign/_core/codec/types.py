@@ -72,7 +72,7 @@ def _dataclass_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]
     if len(names) == 1:
         name = names[0]
         return lambda obj: (getattr(obj, name),)
-    return operator.attrgetter(*names)  # type: ignore[return-value]
+    return operator.attrgetter(*names)
 
 
 def _checked_hook_fields(to_fields: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
