@@ -163,7 +163,7 @@ async def test_remote_close_notify(spec3: Path) -> None:
             await wbox.receive(timeout=0.2)
         # notify on an already closed remote mailbox comes back at once
         remote_target.on_close_notify(watcher)
-        assert await wbox.receive(timeout=10) == reign.MailboxClosed(target.id)
+        assert await wbox.receive(timeout=10) == reign.MailboxClosed(target.id, "noproc")
 
 
 async def test_remove_notify_remote(spec3: Path) -> None:
@@ -195,10 +195,10 @@ async def test_node_loss_notifies_watchers_and_reconnect_restores(spec3: Path) -
         remote_target.on_close_notify(watcher)
         await asyncio.sleep(0.05)
         await n2.stop()
-        assert await wbox.receive(timeout=10) == reign.MailboxClosed(target.id)
+        assert await wbox.receive(timeout=10) == reign.MailboxClosed(target.id, "shutdown")  # sent before its node left
         # registered while the node is down: notified at once
         remote_target.on_close_notify(watcher)
-        assert await wbox.receive(timeout=1) == reign.MailboxClosed(target.id)
+        assert await wbox.receive(timeout=1) == reign.MailboxClosed(target.id, "noconnection")
         await wait_for(lambda: events[-1:] == [(2, False)])
         # a new incarnation of node 2 comes up; the old address stays gone
         n2b = reign.create_from_spec_file(spec3, 2)
@@ -336,7 +336,7 @@ async def test_silent_peer_is_declared_down_by_ticks(tmp_path: Path) -> None:
         watcher, wbox = n2.new_mailbox()
         n2.address("<1.7.1>").on_close_notify(watcher)
         # we now say nothing at all (no ticks): node 2 must notice within ~net_ticktime
-        assert await wbox.receive(timeout=10) == reign.MailboxClosed(reign.MailboxID(1, 7, 1))
+        assert await wbox.receive(timeout=10) == reign.MailboxClosed(reign.MailboxID(1, 7, 1), "noconnection")
         assert n2.statistics().peers[1].state == "down"
         writer.close()
 
@@ -477,7 +477,7 @@ async def test_watch_made_before_the_first_connection_waits_for_it(spec3: Path) 
         assert len(wbox) == 0
         await n1.start()
         await wait_connected([n1, n2])
-        assert await wbox.receive(timeout=10) == reign.MailboxClosed(stale)  # other incarnation
+        assert await wbox.receive(timeout=10) == reign.MailboxClosed(stale, "noproc")  # other incarnation
         await asyncio.sleep(0.1)
         assert len(wbox) == 0  # the live one is still watched, not reported closed
         tbox.close()

@@ -31,7 +31,7 @@ async def test_kill_nine_notifies_watchers_and_restart_gets_new_incarnation(tmp_
             loop = asyncio.get_running_loop()
             killed_at = loop.time()
             child.kill()
-            assert await mbox.receive(timeout=20) == reign.MailboxClosed(echo.id)
+            assert await mbox.receive(timeout=20) == reign.MailboxClosed(echo.id, "noconnection")
             noticed = loop.time() - killed_at
             assert noticed < 4  # the kernel resets the socket: no need to wait for ticks
             assert n1.statistics().peers[2].state == "down"

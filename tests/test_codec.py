@@ -608,7 +608,7 @@ def test_refused_tags(tag: int, content: str) -> None:
         ("d9c803 84" + cbor2.dumps("test.codec.Point").hex() + "010203", "2 fields, the message gives 3"),
         ("d9c803 82" + cbor2.dumps("test.codec.KwOnly").hex() + "01", "2 fields, the message gives 1"),
         ("d9c803 82" + cbor2.dumps("test.codec.Money").hex() + "01", "cannot rebuild test.codec.Money"),
-        ("d9c803 83" + cbor2.dumps("reign.MailboxClosed").hex() + "0102", "1 fields, the message gives 2"),
+        ("d9c803 84" + cbor2.dumps("reign.MultipleClaim").hex() + "010203", "1 fields, the message gives 3"),
     ],
 )
 def test_refused_tag_contents(data: str, match: str) -> None:
@@ -618,9 +618,9 @@ def test_refused_tag_contents(data: str, match: str) -> None:
 def test_mailbox_closed_with_a_non_id_is_rebuilt_as_given() -> None:
     # Field values are not type-checked against annotations (dataclasses do not either);
     # only the value model is enforced. Pinned so a change here is deliberate.
-    out = decode(bytes.fromhex("d9c803 82".replace(" ", "")) + cbor2.dumps("reign.MailboxClosed") + b"\x01",
+    out = decode(bytes.fromhex("d9c803 83".replace(" ", "")) + cbor2.dumps("reign.MailboxClosed") + b"\x01\x02",
                  make_address)
-    assert out == MailboxClosed(1)  # type: ignore[arg-type]
+    assert out == MailboxClosed(1, 2)  # type: ignore[arg-type]
 
 
 class Strict:

@@ -363,7 +363,7 @@ async def test_notify_registered_after_close_fires_at_once(node: reign.Node) -> 
     watcher, wbox = node.new_mailbox()
     tbox.close()
     target.on_close_notify(watcher)
-    assert wbox.receive_nowait() == reign.MailboxClosed(target.id)
+    assert wbox.receive_nowait() == reign.MailboxClosed(target.id, "noproc")
 
 
 async def test_notify_on_stale_unknown_or_other_node_fires_at_once(node: reign.Node) -> None:
@@ -374,7 +374,8 @@ async def test_notify_on_stale_unknown_or_other_node_fires_at_once(node: reign.N
     for target in (stale, unknown, remote):
         target.on_close_notify(watcher)
     got = [wbox.receive_nowait() for _ in range(3)]
-    assert got == [reign.MailboxClosed(t.id) for t in (stale, unknown, remote)]
+    assert got == [reign.MailboxClosed(stale.id, "noproc"), reign.MailboxClosed(unknown.id, "noproc"),
+                   reign.MailboxClosed(remote.id, "noconnection")]
 
 
 async def test_remove_notify(node: reign.Node) -> None:

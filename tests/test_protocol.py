@@ -15,16 +15,21 @@ from reign._core import codec as _codec
 from reign._core import frames as _frames
 from reign._core.frames import MESSAGE_OVERHEAD, PROTOCOL_VERSION, FrameType
 from reign._core.ids import MailboxID
+from reign._core.messages import KILL, KILLED, NORMAL
 from reign._core.protocol import (
     Control,
     Demonitor,
     Down,
     Established,
+    ExitSignal,
+    Link,
     Message,
     Messages,
     Monitor,
+    Named,
     PeerProtocol,
     Tick,
+    Unlink,
 )
 from reign._errors import DecodeError, EncodeError, HandshakeError, ProtocolError
 
@@ -32,6 +37,10 @@ from wire_util import CLUSTER, INC_A, INC_B, established_pair
 from wire_util import new_protocol as new
 
 OTHER_CLUSTER = bytes(range(1, 33))
+
+
+def enc(reason: Any) -> bytes:
+    return _codec.encode(reason)
 
 
 def flat(events: list[Any]) -> list[Any]:
@@ -73,7 +82,13 @@ def all_frames(a: PeerProtocol) -> tuple[bytes, list[Any]]:
         (a.message(B_MAILBOX, b""), Message(INC_B, 9, b"")),
         (a.monitor(B_MAILBOX), Monitor(B_MAILBOX)),
         (a.demonitor(B_MAILBOX), Demonitor(B_MAILBOX)),
-        (a.down(A_MAILBOX), Down(A_MAILBOX)),
+        (a.down(A_MAILBOX, enc(NORMAL)), Down(A_MAILBOX, enc(NORMAL))),
+        (a.link(A_MAILBOX, B_MAILBOX), Link(A_MAILBOX, B_MAILBOX)),
+        (a.unlink(A_MAILBOX, B_MAILBOX), Unlink(A_MAILBOX, B_MAILBOX)),
+        (a.exit(B_MAILBOX, A_MAILBOX, enc(KILLED), linked=True), ExitSignal(B_MAILBOX, A_MAILBOX, enc(KILLED), True)),
+        (a.exit(B_MAILBOX, None, enc(KILL), linked=False), ExitSignal(B_MAILBOX, None, enc(KILL), False)),
+        (a.named("ch3", payload), Named("ch3", payload)),
+        (a.named("é" * 256, b"\x01"), Named("é" * 256, b"\x01")),
         (a.tick(), Tick()),
         (a.control(b"\xa1\x61k\x01"), Control(b"\xa1\x61k\x01")),
         (a.message(MailboxID(2, 7, 2**64 - 1), b"x" * 70_000), Message(7, 2**64 - 1, b"x" * 70_000)),
@@ -89,8 +104,8 @@ def test_handshake_and_every_frame_type_both_ways() -> None:
     assert (a.peer_node, a.peer_incarnation, b.peer_node, b.peer_incarnation) == (2, INC_B, 1, INC_A)
     stream, expected = all_frames(a)
     assert recv(b, stream) == expected
-    back = b.message(A_MAILBOX, b"\x01") + b.down(B_MAILBOX) + b.monitor(A_MAILBOX) + b.tick()
-    assert recv(a, back) == [Message(INC_A, 5, b"\x01"), Down(B_MAILBOX), Monitor(A_MAILBOX), Tick()]
+    back = b.message(A_MAILBOX, b"\x01") + b.down(B_MAILBOX, enc(NORMAL)) + b.monitor(A_MAILBOX) + b.tick()
+    assert recv(a, back) == [Message(INC_A, 5, b"\x01"), Down(B_MAILBOX, enc(NORMAL)), Monitor(A_MAILBOX), Tick()]
     assert a.handshake_completed and b.handshake_completed
 
 
@@ -120,7 +135,8 @@ def test_hello_is_queued_at_construction_and_only_once() -> None:
 
 
 def test_events_are_typed_values() -> None:
-    assert Monitor(A_MAILBOX) != Demonitor(A_MAILBOX) != Down(A_MAILBOX)
+    assert Monitor(A_MAILBOX) != Demonitor(A_MAILBOX) != Down(A_MAILBOX, NORMAL)
+    assert Link(A_MAILBOX, B_MAILBOX) != Unlink(A_MAILBOX, B_MAILBOX)
     assert Tick() != Established(1, 2)
     assert Message(1, 2, b"x") == Message(1, 2, b"x") and Message(1, 2, b"x") != (1, 2, b"x")
     assert len({Monitor(A_MAILBOX), Demonitor(A_MAILBOX), Monitor(A_MAILBOX)}) == 2
@@ -230,7 +246,7 @@ def test_zero_length_frame() -> None:
         recv(fresh, b"\x00\x00\x00\x00\x01")
 
 
-@pytest.mark.parametrize("frame_type", [0, 9, 42, 255])
+@pytest.mark.parametrize("frame_type", [0, 13, 42, 255])
 def test_unknown_frame_type_fails_on_its_header(frame_type: int) -> None:
     _, b = established_pair()
     with pytest.raises(ProtocolError, match=f"unknown frame type {frame_type}"):
@@ -273,11 +289,25 @@ def test_second_hello_and_second_accept_fail() -> None:
         (frame(FrameType.MESSAGE), "shorter than 16"),
         (frame(FrameType.MONITOR, bytes(B_MAILBOX)[:17]), "MONITOR body must be 18 bytes"),
         (frame(FrameType.DEMONITOR, bytes(B_MAILBOX) + b"\x00"), "DEMONITOR body must be 18 bytes"),
-        (frame(FrameType.DOWN, b""), "DOWN body must be 18 bytes"),
+        (frame(FrameType.DOWN, b""), "DOWN body of 0 bytes is shorter than 19"),
+        (frame(FrameType.DOWN, bytes(A_MAILBOX)), "DOWN body of 18 bytes is shorter than 19"),
+        (frame(FrameType.LINK, bytes(A_MAILBOX)), "LINK body must be 36 bytes"),
+        (frame(FrameType.LINK, bytes(B_MAILBOX) + bytes(B_MAILBOX)), "not on the peer's node"),
+        (frame(FrameType.LINK, bytes(A_MAILBOX) + bytes(A_MAILBOX)), "not on this node"),
+        (frame(FrameType.UNLINK, bytes(A_MAILBOX) + b"X" * 18), "not a mailbox id"),
+        (frame(FrameType.EXIT, b"\x04" + bytes(B_MAILBOX) + b"\x01"), "unknown flags"),
+        (frame(FrameType.EXIT, b"\x02" + bytes(B_MAILBOX) + b"\x01"), "link without its origin"),
+        (frame(FrameType.EXIT, b"\x01" + bytes(B_MAILBOX) + bytes(A_MAILBOX)), "without a reason"),
+        (frame(FrameType.EXIT, b"\x01" + bytes(B_MAILBOX) + bytes(B_MAILBOX) + b"\x01"), "not on the peer's node"),
+        (frame(FrameType.EXIT, b"\x00" + bytes(A_MAILBOX) + b"\x01"), "not on this node"),
+        (frame(FrameType.NAMED, b"\x00\x00x\x01"), "name of 0 bytes"),
+        (frame(FrameType.NAMED, b"\x00\x05abc\x01"), "name of 5 bytes"),
+        (frame(FrameType.NAMED, b"\x02\x01" + b"x" * 513 + b"\x01"), "name of 513 bytes"),
+        (frame(FrameType.NAMED, b"\x00\x01\xff\x01"), "not UTF-8"),
         (frame(FrameType.MONITOR, b"X" + bytes(B_MAILBOX)[1:]), "not a mailbox id"),
         (frame(FrameType.MONITOR, bytes(A_MAILBOX)), "not on this node"),
         (frame(FrameType.DEMONITOR, bytes(A_MAILBOX)), "not on this node"),
-        (frame(FrameType.DOWN, bytes(B_MAILBOX)), "not on the peer's node"),
+        (frame(FrameType.DOWN, bytes(B_MAILBOX) + b"\x01"), "not on the peer's node"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -322,7 +352,7 @@ def test_after_an_error_the_protocol_stays_failed() -> None:
         lambda: b.message(A_MAILBOX, b""),
         lambda: b.tick(),
         lambda: b.monitor(A_MAILBOX),
-        lambda: b.down(B_MAILBOX),
+        lambda: b.down(B_MAILBOX, b"\x01"),
         lambda: b.control(b""),
     ):
         with pytest.raises(ProtocolError, match="already failed: unknown frame type 99"):
@@ -343,7 +373,8 @@ def test_events_before_an_error_in_the_same_chunk_are_dropped_with_it() -> None:
 @pytest.mark.parametrize(
     ("raw", "error", "match"),
     [
-        (hello_frame(v=2), HandshakeError, "unsupported protocol version 2"),
+        (hello_frame(v=1), HandshakeError, "unsupported protocol version 1"),
+        (hello_frame(v=3), HandshakeError, "unsupported protocol version 3"),
         (hello_frame(v=0, extra=1), HandshakeError, "unsupported protocol version 0"),
         (hello_frame(cluster=OTHER_CLUSTER), HandshakeError, "another cluster"),
         (hello_frame(cluster=CLUSTER[:31]), HandshakeError, "another cluster"),
@@ -409,7 +440,16 @@ def test_outbound_calls_follow_the_state_machine() -> None:
     with pytest.raises(ValueError, match="not on the peer's node"):
         a.monitor(A_MAILBOX)
     with pytest.raises(ValueError, match="not on this node"):
-        a.down(B_MAILBOX)
+        a.down(B_MAILBOX, b"\x01")
+    with pytest.raises(ValueError, match="not on the peer's node"):
+        a.link(A_MAILBOX, A_MAILBOX)
+    with pytest.raises(ValueError, match="not on this node"):
+        a.exit(B_MAILBOX, B_MAILBOX, b"\x01", linked=True)
+    with pytest.raises(ValueError, match="always has an origin"):
+        a.exit(B_MAILBOX, None, b"\x01", linked=True)
+    for bad in ("", "x" * 513, "\udc80", 7):
+        with pytest.raises(ValueError):
+            a.named(bad, b"\x01")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         a.monitor(bytes(B_MAILBOX))  # type: ignore[arg-type]
     assert a.state == "established"

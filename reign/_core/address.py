@@ -14,15 +14,22 @@ Invariants:
   target are not part of its identity.
 * ``send`` never blocks and never waits; ``True`` is not a delivery promise (a remote mailbox
   may close while the message is in flight), ``False`` means the target is known to be gone.
+* ``send`` refuses the runtime's own notices as the message itself (:func:`system_message`
+  registers them: ``MailboxClosed``, ``Exit``, ``MultipleClaim``), so no code can forge one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .ids import MailboxID
 
-__all__ = ["Address", "Router", "LocalTarget", "detach_local"]
+__all__ = ["Address", "Router", "LocalTarget", "detach_local", "system_message"]
+
+_T = TypeVar("_T")
+
+#: Types only the runtime may send (see :func:`system_message`).
+_SYSTEM_TYPES: set[type] = set()
 
 
 class Router(Protocol):
@@ -38,6 +45,10 @@ class Router(Protocol):
 
     def demonitor(self, target: MailboxID, watcher: Address) -> None:
         """Cancel :meth:`monitor`."""
+        ...
+
+    def exit_signal(self, target: MailboxID, reason: Any) -> None:
+        """Send ``target`` an exit signal with ``reason`` from the calling process (``reign.exit``)."""
         ...
 
 
@@ -99,12 +110,20 @@ class Address:
         Returns ``False`` when the target is known to be gone (a closed local mailbox, an
         address from an earlier incarnation of its node, a node that is not in the cluster),
         ``True`` otherwise. Raises :class:`reign.EncodeError` when a message bound for another
-        node cannot be encoded.
+        node cannot be encoded, and ``TypeError`` for a system message (``MailboxClosed``,
+        ``Exit``, ``MultipleClaim``): those come only from the runtime.
         """
+        if type(msg) in _SYSTEM_TYPES:
+            raise TypeError(f"{type(msg).__name__} is a system message: only the runtime sends it")
         local = self._local
         if local is not None:
             return local.post(msg)
         return self._router.route(self.id, msg)
+
+    @property
+    def node(self) -> Router:
+        """The node this address is bound to: it routes the address's sends."""
+        return self._router
 
     def on_close_notify(self, watcher: Address) -> None:
         """Ask for ``MailboxClosed(self.id)`` to be sent to ``watcher`` once this mailbox closes.
@@ -131,3 +150,9 @@ def detach_local(address: Address) -> None:
     """The mailbox of ``address`` closed: its sends now go through the router (which finds no
     mailbox and returns False), and the address no longer keeps the closed mailbox alive."""
     object.__setattr__(address, "_local", None)
+
+
+def system_message(cls: type[_T]) -> type[_T]:
+    """Class decorator: ``Address.send`` refuses instances of ``cls`` (runtime notices)."""
+    _SYSTEM_TYPES.add(cls)
+    return cls

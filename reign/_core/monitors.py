@@ -1,12 +1,16 @@
-"""The monitors between this node and one peer, in both directions, as plain tables (sans-IO).
+"""The monitors and links between this node and one peer, as plain tables (sans-IO).
 
-Erlang's ``monitor``/``'DOWN'`` across two nodes. One :class:`PeerMonitors` per peer:
+Erlang's ``monitor``/``'DOWN'`` and ``link``/exit signals across two nodes. One
+:class:`PeerMonitors` per peer:
 
 * ``watches``: mailboxes *on the peer* that local watchers watch, each with its set of
   watchers. The peer is asked once per target (MONITOR when the first watcher arrives,
   DEMONITOR when the last one leaves), however many local watchers share it.
 * ``watched``: serials of *our* mailboxes the peer asked to watch (its MONITOR frames). The
   runtime sends DOWN for one of them when it closes, and drops them all when the peer is lost.
+* ``links``: ``(our serial, their mailbox)`` pairs linked across this connection, whichever side
+  made the link (a link is symmetric). When the peer is lost every one of them becomes a
+  ``"noconnection"`` exit signal for our side.
 
 Invariants (checked by ``tests/test_monitors.py``):
 
@@ -15,7 +19,9 @@ Invariants (checked by ``tests/test_monitors.py``):
    :meth:`add_watch` = send MONITOR, from :meth:`remove_watch` = send DEMONITOR, from
    :meth:`local_closed` = send DOWN) or which watchers it must notify; the tables are already
    updated when it returns, so a notice is never sent twice for one watch.
-3. After :meth:`peer_lost` both tables are empty.
+3. After :meth:`peer_lost` every table is empty.
+4. ``links`` holds a pair at most once: :meth:`add_link` says whether to send LINK,
+   :meth:`remove_link` whether to send UNLINK.
 
 Watchers are opaque here (the runtime's mailboxes); they only need to be hashable.
 """
@@ -35,14 +41,18 @@ W = TypeVar("W", bound=Hashable)
 class PeerMonitors(Generic[W]):
     """The monitor tables for one peer node (see the module header)."""
 
-    __slots__ = ("watches", "watched")
+    __slots__ = ("watches", "watched", "links")
 
     def __init__(self) -> None:
         self.watches: dict[MailboxID, set[W]] = {}
         self.watched: set[int] = set()
+        self.links: set[tuple[int, MailboxID]] = set()
 
     def __repr__(self) -> str:
-        return f"<PeerMonitors watches={len(self.watches)} watched={len(self.watched)}>"
+        return (
+            f"<PeerMonitors watches={len(self.watches)} watched={len(self.watched)} "
+            f"links={len(self.links)}>"
+        )
 
     # ------------------------------------------------------------ our watchers of the peer
 
@@ -70,16 +80,37 @@ class PeerMonitors(Generic[W]):
         """The peer said ``target`` closed: its watchers, to notify (the watch is over)."""
         return self.watches.pop(target, set())
 
-    def keep_incarnation(self, incarnation: int) -> dict[MailboxID, set[W]]:
-        """The peer came up as ``incarnation``: watches of any other one end now.
+    def keep_incarnation(self, incarnation: int) -> tuple[dict[MailboxID, set[W]], set[tuple[int, MailboxID]]]:
+        """The peer came up as ``incarnation``: watches and links of any other one end now.
 
-        Returns the ended watches (their watchers are to be notified); the remaining ones are
-        the targets to send MONITOR for on the new connection.
+        Returns ``(ended watches, ended links)``: their watchers are to be notified and their
+        local ends signalled (``"noproc"``: that run of the peer is gone). What remains is what
+        to send MONITOR and LINK for on the new connection.
         """
         stale = {t: w for t, w in self.watches.items() if t.incarnation != incarnation}
         for target in stale:
             del self.watches[target]
-        return stale
+        stale_links = {pair for pair in self.links if pair[1].incarnation != incarnation}
+        self.links -= stale_links
+        return stale, stale_links
+
+    # ------------------------------------------------------------ links (both directions)
+
+    def add_link(self, serial: int, remote: MailboxID) -> bool:
+        """Our ``serial`` and the peer's ``remote`` are linked; False if they already were."""
+        pair = (serial, remote)
+        if pair in self.links:
+            return False
+        self.links.add(pair)
+        return True
+
+    def remove_link(self, serial: int, remote: MailboxID) -> bool:
+        """The link between ``serial`` and ``remote`` is gone; False if there was none."""
+        pair = (serial, remote)
+        if pair not in self.links:
+            return False
+        self.links.discard(pair)
+        return True
 
     # ------------------------------------------------------------ the peer's watches of us
 
@@ -103,12 +134,14 @@ class PeerMonitors(Generic[W]):
 
     # ------------------------------------------------------------ the connection is lost
 
-    def peer_lost(self) -> tuple[dict[MailboxID, set[W]], set[int]]:
-        """The connection is gone: every watch ends.
+    def peer_lost(self) -> tuple[dict[MailboxID, set[W]], set[int], set[tuple[int, MailboxID]]]:
+        """The connection is gone: every watch and link ends.
 
-        Returns ``(watches, watched)``: our watchers to notify per target, and our serials the
-        peer watched (whose watch tokens the runtime drops). Both tables are empty afterwards.
+        Returns ``(watches, watched, links)``: our watchers to notify per target, our serials
+        the peer watched (whose watch tokens the runtime drops), and the links whose local ends
+        get a ``"noconnection"`` exit signal. Every table is empty afterwards.
         """
         watches, self.watches = self.watches, {}
         watched, self.watched = self.watched, set()
-        return watches, watched
+        links, self.links = self.links, set()
+        return watches, watched, links

@@ -39,19 +39,28 @@ from .frames import (
     BODY_SIZES,
     CLUSTER_ID_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
+    EXIT_HAS_ORIGIN,
+    EXIT_LINKED,
     HEADER,
+    ID_BODY_SIZE,
     LENGTH,
     LENGTH_LIMIT,
     MAX_HELLO_BODY,
     MESSAGE_HEADER,
+    MIN_BODY_SIZES,
     PROTOCOL_VERSION,
     FrameType,
+    down_frame,
     empty_frame,
+    exit_frame,
     id_frame,
+    link_frame,
     message_frame,
+    named_frame,
     payload_frame,
 )
 from .ids import MAX_NODE_ID, UINT64_LIMIT, MailboxID, parse_mailbox_id
+from .naming import MAX_NAME_BYTES, name_bytes
 
 __all__ = [
     "PeerProtocol",
@@ -61,6 +70,10 @@ __all__ = [
     "Monitor",
     "Demonitor",
     "Down",
+    "Link",
+    "Unlink",
+    "ExitSignal",
+    "Named",
     "Tick",
     "Control",
 ]
@@ -169,8 +182,61 @@ class Demonitor(_Event, _TargetFields):
     __slots__ = ()
 
 
-class Down(_Event, _TargetFields):
-    """``target`` (a mailbox on the peer's node) closed."""
+class _DownFields(NamedTuple):
+    target: MailboxID
+    reason: Any
+
+
+class Down(_Event, _DownFields):
+    """``target`` (a mailbox on the peer's node) closed with ``reason``.
+
+    The protocol reports ``reason`` as its CBOR bytes; :mod:`.inbound` decodes it.
+    """
+
+    __slots__ = ()
+
+
+class _LinkFields(NamedTuple):
+    origin: MailboxID
+    target: MailboxID
+
+
+class Link(_Event, _LinkFields):
+    """``origin`` (a mailbox on the peer's node) linked itself to ``target`` (one of ours)."""
+
+    __slots__ = ()
+
+
+class Unlink(_Event, _LinkFields):
+    """``origin`` removed its link to ``target``."""
+
+    __slots__ = ()
+
+
+class _ExitFields(NamedTuple):
+    target: MailboxID
+    origin: MailboxID | None
+    reason: Any
+    linked: bool
+
+
+class ExitSignal(_Event, _ExitFields):
+    """An exit signal for ``target`` (ours) from ``origin`` (on the peer's node, or None).
+
+    ``linked``: it comes from a link (``origin`` closed with ``reason``); otherwise from
+    ``reign.exit``. The protocol reports ``reason`` as CBOR bytes; :mod:`.inbound` decodes it.
+    """
+
+    __slots__ = ()
+
+
+class _NamedFields(NamedTuple):
+    name: str
+    payload: bytes
+
+
+class Named(_Event, _NamedFields):
+    """A message for the mailbox registered locally as ``name``; ``payload`` is CBOR."""
 
     __slots__ = ()
 
@@ -331,9 +397,63 @@ class PeerProtocol:
         """A DEMONITOR frame cancelling :meth:`monitor`."""
         return self._id_frame(FrameType.DEMONITOR, target, self.peer_node, "the peer's node")
 
-    def down(self, target: MailboxID) -> bytes:
-        """A DOWN frame: ``target`` (a mailbox on this node) closed."""
-        return self._id_frame(FrameType.DOWN, target, self._local_node, "this node")
+    def down(self, target: MailboxID, reason: bytes) -> bytes:
+        """A DOWN frame: ``target`` (a mailbox on this node) closed with ``reason`` (CBOR).
+
+        Raises :class:`EncodeError` if the frame would exceed ``max_frame_bytes``.
+        """
+        self._check_ids(FrameType.DOWN, target, self._local_node, "this node")
+        self._check_size(FrameType.DOWN, 1 + ID_BODY_SIZE + len(reason))
+        return down_frame(target, reason)
+
+    def link(self, origin: MailboxID, target: MailboxID) -> bytes:
+        """A LINK frame from ``origin`` (on this node) to ``target`` (on the peer's)."""
+        self._check_ids(FrameType.LINK, origin, self._local_node, "this node")
+        self._check_ids(FrameType.LINK, target, self.peer_node, "the peer's node")
+        return link_frame(FrameType.LINK, origin, target)
+
+    def unlink(self, origin: MailboxID, target: MailboxID) -> bytes:
+        """An UNLINK frame cancelling :meth:`link`."""
+        self._check_ids(FrameType.UNLINK, origin, self._local_node, "this node")
+        self._check_ids(FrameType.UNLINK, target, self.peer_node, "the peer's node")
+        return link_frame(FrameType.UNLINK, origin, target)
+
+    def exit(self, target: MailboxID, origin: MailboxID | None, reason: bytes, *, linked: bool) -> bytes:
+        """An EXIT frame: an exit signal for ``target`` (on the peer) from ``origin`` (on this
+        node, or None), with ``reason`` (CBOR); ``linked`` if it comes from a link.
+
+        Raises :class:`EncodeError` if the frame would exceed ``max_frame_bytes``.
+        """
+        self._check_ids(FrameType.EXIT, target, self.peer_node, "the peer's node")
+        if origin is not None:
+            self._check_ids(FrameType.EXIT, origin, self._local_node, "this node")
+        elif linked:
+            raise ValueError("a link's exit signal always has an origin")
+        size = 2 + ID_BODY_SIZE * (2 if origin is not None else 1) + len(reason)
+        self._check_size(FrameType.EXIT, size)
+        return exit_frame(target, origin, reason, linked)
+
+    def named(self, name: str, payload: bytes) -> bytes:
+        """A NAMED frame: ``payload`` (CBOR) for the mailbox registered as ``name`` on the peer.
+
+        Raises ValueError for a name that is empty, not UTF-8 encodable or longer than
+        :data:`~.frames.MAX_NAME_BYTES` bytes, :class:`EncodeError` over the frame limit.
+        """
+        self._check_established("NAMED")
+        raw = name_bytes(name)
+        self._check_size(FrameType.NAMED, 3 + len(raw) + len(payload))
+        return named_frame(raw, payload)
+
+    def _check_ids(self, frame_type: FrameType, mid: MailboxID, node: int | None, whose: str) -> None:
+        self._check_established(frame_type.name)
+        if type(mid) is not MailboxID:
+            raise TypeError(f"{frame_type.name} needs MailboxIDs, not {type(mid).__name__}")
+        if mid.node != node:
+            raise ValueError(f"{frame_type.name} id {mid} is not on {whose} ({node})")
+
+    def _check_size(self, frame_type: FrameType, n: int) -> None:
+        if n > self._max_frame:
+            raise EncodeError(f"{frame_type.name} frame of {n} bytes exceeds the frame limit ({self._max_frame})")
 
     def tick(self) -> bytes:
         """A TICK (keepalive) frame."""
@@ -460,8 +580,9 @@ class PeerProtocol:
         expected = BODY_SIZES.get(frame_type)  # type: ignore[call-overload]
         if expected is not None and body != expected:
             raise self._fail(ProtocolError(f"{name} body must be {expected} bytes, got {body}"))
-        if frame_type == _MESSAGE and body < 16:
-            raise self._fail(ProtocolError(f"MESSAGE body of {body} bytes is shorter than 16"))
+        least = MIN_BODY_SIZES.get(frame_type)  # type: ignore[call-overload]
+        if least is not None and body < least:
+            raise self._fail(ProtocolError(f"{name} body of {body} bytes is shorter than {least}"))
 
     def _frame(self, frame_type: int, body: memoryview) -> Any:
         """The event (or None) of one complete frame whose header passed :meth:`_check_header`."""
@@ -479,20 +600,51 @@ class PeerProtocol:
             return Tick()
         if frame_type == FrameType.CONTROL:
             return Control(body.tobytes())
-        # MONITOR, DEMONITOR, DOWN: the body is 18 bytes
         name = _NAMES[frame_type]
+        if frame_type == FrameType.NAMED:
+            length = int.from_bytes(body[:2], "big")
+            if not 1 <= length <= MAX_NAME_BYTES or 2 + length >= len(body):
+                raise self._fail(ProtocolError(f"NAMED frame with a name of {length} bytes in {len(body)}"))
+            try:
+                text = body[2 : 2 + length].tobytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise self._fail(ProtocolError("NAMED frame name is not UTF-8")) from None
+            return Named(text, body[2 + length :].tobytes())
+        if frame_type == FrameType.EXIT:
+            flags = body[0]
+            if flags & ~(EXIT_HAS_ORIGIN | EXIT_LINKED):
+                raise self._fail(ProtocolError(f"EXIT frame with unknown flags {flags:#x}"))
+            target = self._id_at(body, 1, name, self._local_node, "this node")
+            end = 1 + ID_BODY_SIZE
+            origin = None
+            if flags & EXIT_HAS_ORIGIN:
+                origin = self._id_at(body, end, name, self.peer_node, "the peer's node")
+                end += ID_BODY_SIZE
+            elif flags & EXIT_LINKED:
+                raise self._fail(ProtocolError("EXIT from a link without its origin"))
+            if end >= len(body):
+                raise self._fail(ProtocolError("EXIT frame without a reason"))
+            return ExitSignal(target, origin, body[end:].tobytes(), bool(flags & EXIT_LINKED))
+        if frame_type == FrameType.LINK or frame_type == FrameType.UNLINK:
+            origin = self._id_at(body, 0, name, self.peer_node, "the peer's node")
+            target = self._id_at(body, ID_BODY_SIZE, name, self._local_node, "this node")
+            return Link(origin, target) if frame_type == FrameType.LINK else Unlink(origin, target)
+        if frame_type == FrameType.DOWN:
+            target = self._id_at(body, 0, name, self.peer_node, "the peer's node")
+            return Down(target, body[ID_BODY_SIZE:].tobytes())
+        # MONITOR, DEMONITOR: the body is 18 bytes
+        target = self._id_at(body, 0, name, self._local_node, "this node")
+        return Monitor(target) if frame_type == FrameType.MONITOR else Demonitor(target)
+
+    def _id_at(self, body: memoryview, start: int, name: str, node: int | None, whose: str) -> MailboxID:
+        """The mailbox id at ``body[start:start+18]``, which must be on ``node``."""
         try:
-            target = parse_mailbox_id(body)
+            mid = parse_mailbox_id(body[start : start + ID_BODY_SIZE])
         except IllegalAddressFormatError:
             raise self._fail(ProtocolError(f"{name} body is not a mailbox id")) from None
-        node = target.node
-        if frame_type == FrameType.DOWN:
-            if node != self.peer_node:
-                raise self._fail(ProtocolError(f"DOWN for {target}, which is not on the peer's node"))
-            return Down(target)
-        if node != self._local_node:
-            raise self._fail(ProtocolError(f"{name} for {target}, which is not on this node"))
-        return Monitor(target) if frame_type == FrameType.MONITOR else Demonitor(target)
+        if mid.node != node:
+            raise self._fail(ProtocolError(f"{name} for {mid}, which is not on {whose}"))
+        return mid
 
     def _receive_hello(self, body: memoryview) -> None:
         try:

@@ -40,7 +40,8 @@ from .._core.codec import encode
 from .._core.frames import MESSAGE_OVERHEAD
 from .._core.ids import MailboxID
 from .._core.inbound import Inbound
-from .._core.protocol import Demonitor, Down, Established, Monitor, Tick
+from .._core.messages import NOCONNECTION, NOPROC
+from .._core.protocol import Demonitor, Down, Established, ExitSignal, Link, Monitor, Tick, Unlink
 from .._errors import EncodeError, HandshakeError, ProtocolError
 from .connection import WRITE_HIGH_WATER, Connection
 from .log import get_logger
@@ -88,6 +89,7 @@ class ClusterHost(Protocol):
     @property
     def binding(self) -> LoopBinding: ...
     def mailbox_by_serial(self, serial: int) -> Mailbox | None: ...
+    def mailbox_by_name(self, name: str) -> Mailbox | None: ...
     def local_mailbox(self, mailbox_id: MailboxID) -> Mailbox | None: ...
     def address_for(self, mailbox_id: MailboxID) -> Address: ...
     def connection_status(self, node_id: int, connected: bool) -> None: ...
@@ -132,7 +134,8 @@ class Cluster:
         }
         self.read_view = memoryview(bytearray(READ_BUFFER_BYTES))
         self.inbound = Inbound(
-            incarnation=self.incarnation, lookup=host.mailbox_by_serial, make_address=host.address_for
+            incarnation=self.incarnation, lookup=host.mailbox_by_serial, make_address=host.address_for,
+            lookup_name=host.mailbox_by_name,
         )
         self.dial_slots: asyncio.Semaphore | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -324,14 +327,22 @@ class Cluster:
         peer.connects += 1
         peer.last_heard = conn.last_read
         peer.flush_pending()
-        # watches made before first contact, or of an older incarnation
-        for target, watchers in peer.monitors.keep_incarnation(new_incarnation).items():
+        # watches and links made before first contact, or of an older incarnation
+        stale_watches, stale_links = peer.monitors.keep_incarnation(new_incarnation)
+        for target, watchers in stale_watches.items():
             for watcher in watchers:
-                watcher.notify_down(target)
+                watcher.notify_down(target, NOPROC)
+        for serial, remote in stale_links:
+            mbox = self.host.mailbox_by_serial(serial)
+            if mbox is not None:
+                mbox.exit_signal(remote, NOPROC, True)
         protocol = conn.protocol
         assert protocol is not None
         for target in peer.monitors.watches:
             conn.write(protocol.monitor(target))
+        node, incarnation = self.node_id, self.incarnation
+        for serial, remote in peer.monitors.links:
+            conn.write(protocol.link(MailboxID(node, incarnation, serial), remote))
         self.log.info("peer.up", peer=peer.id, incarnation=new_incarnation, remote=conn.remote,
                       restarted=restarted)
         if not conn.established.done():
@@ -361,14 +372,18 @@ class Cluster:
             "peer.down", peer=peer.id, reason=reason,
             abandoned_messages=abandoned_frames, abandoned_bytes=abandoned_bytes,
         )
-        watches, watched = peer.monitors.peer_lost()
+        watches, watched, links = peer.monitors.peer_lost()
         for target, watchers in watches.items():
             for watcher in watchers:
-                watcher.notify_down(target)
+                watcher.notify_down(target, NOCONNECTION)
         for serial in watched:
             mbox = self.host.mailbox_by_serial(serial)
             if mbox is not None:
                 mbox.remove_watcher(peer.watch)
+        for serial, remote in links:  # both directions' local ends (Erlang: noconnection)
+            mbox = self.host.mailbox_by_serial(serial)
+            if mbox is not None:
+                mbox.exit_signal(remote, NOCONNECTION, True)
         for listener in list(self.listeners):
             listener.peer_down(peer.id)
         self.host.connection_status(peer.id, False)
@@ -389,7 +404,7 @@ class Cluster:
             if mbox is not None and mbox.add_watcher(peer.watch):
                 peer.monitors.peer_monitors(target.serial)
             else:
-                conn.write_down(target)
+                conn.write_down(target, NOPROC)
         elif kind is Demonitor:
             target = event.target
             if peer.monitors.peer_demonitors(target.serial):
@@ -398,7 +413,29 @@ class Cluster:
                     mbox.remove_watcher(peer.watch)
         elif kind is Down:
             for watcher in peer.monitors.target_down(event.target):
-                watcher.notify_down(event.target)
+                watcher.notify_down(event.target, event.reason)
+        elif kind is Link:
+            target = event.target
+            mbox = self.host.local_mailbox(target)
+            if mbox is not None and mbox.links_add(event.origin):
+                peer.monitors.add_link(target.serial, event.origin)
+            else:
+                conn.write_exit(event.origin, target, NOPROC, linked=True)
+        elif kind is Unlink:
+            target = event.target
+            peer.monitors.remove_link(target.serial, event.origin)
+            mbox = self.host.local_mailbox(target)
+            if mbox is not None:
+                mbox.links_discard(event.origin)
+        elif kind is ExitSignal:
+            target = event.target
+            if event.linked:
+                assert event.origin is not None  # the protocol refuses a link EXIT without one
+                if not peer.monitors.remove_link(target.serial, event.origin):
+                    return conn.closed  # unlinked meanwhile: the signal is void, as in Erlang
+            mbox = self.host.local_mailbox(target)
+            if mbox is not None:
+                mbox.exit_signal(event.origin, event.reason, event.linked)
         else:  # pragma: no cover - the protocol only produces the kinds above
             raise ProtocolError(f"unexpected event {kind.__name__}")
         return conn.closed
@@ -450,12 +487,79 @@ class Cluster:
             peer.monitors.add_watch(target, watcher)
             return
         conn = peer.conn if peer is not None else None
-        if peer is None or conn is None or target.incarnation != peer.incarnation:
-            watcher.notify_down(target)
+        if peer is None or conn is None:
+            watcher.notify_down(target, NOCONNECTION)
+            return
+        if target.incarnation != peer.incarnation:
+            watcher.notify_down(target, NOPROC)
             return
         if peer.monitors.add_watch(target, watcher):
             assert conn.protocol is not None
             conn.write(conn.protocol.monitor(target))
+
+    def link(self, mbox: Mailbox, target: MailboxID) -> None:
+        """Link the local ``mbox`` and ``target`` on a peer (loop thread)."""
+        peer = self.peers.get(target.node)
+        if peer is not None and peer.state == "connecting":
+            # Never connected yet: LINK goes out with the connection (connection_established).
+            if peer.monitors.add_link(mbox.id.serial, target):
+                mbox.links_add(target)
+            return
+        conn = peer.conn if peer is not None else None
+        if peer is None or conn is None or conn.protocol is None:
+            mbox.exit_signal(target, NOCONNECTION, True)
+            return
+        if target.incarnation != peer.incarnation:
+            mbox.exit_signal(target, NOPROC, True)
+            return
+        if peer.monitors.add_link(mbox.id.serial, target):
+            mbox.links_add(target)
+            conn.write(conn.protocol.link(mbox.id, target))
+
+    def unlink(self, mbox: Mailbox, target: MailboxID) -> None:
+        """Remove the link between the local ``mbox`` and ``target`` on a peer (loop thread)."""
+        peer = self.peers.get(target.node)
+        if peer is None or not peer.monitors.remove_link(mbox.id.serial, target):
+            return
+        conn = peer.conn
+        if conn is not None and conn.protocol is not None:
+            conn.write(conn.protocol.unlink(mbox.id, target))
+
+    def link_exit(self, origin: MailboxID, target: MailboxID, reason: Any) -> None:
+        """The local ``origin`` closed with ``reason``; ``target`` on a peer was linked to it."""
+        peer = self.peers.get(target.node)
+        if peer is None or not peer.monitors.remove_link(origin.serial, target):
+            return
+        conn = peer.conn
+        if conn is not None:
+            conn.write_exit(target, origin, reason, linked=True)
+
+    def send_exit(self, target: MailboxID, origin: MailboxID | None, reason: Any) -> None:
+        """``reign.exit`` of ``target`` on a peer; dropped if the peer is not up (as a message
+        to a gone process is), or ``target`` is of another incarnation."""
+        peer = self.peers.get(target.node)
+        conn = peer.conn if peer is not None else None
+        if peer is not None and conn is not None and target.incarnation == peer.incarnation:
+            conn.write_exit(target, origin, reason, linked=False)
+
+    def send_named(self, node_id: int, name: str, msg: Any) -> bool:
+        """Send ``msg`` to the mailbox registered as ``name`` on ``node_id``; see Node.send_named."""
+        peer = self.peers.get(node_id)
+        if peer is None or self.stopping:
+            return False
+        payload = encode(msg)
+        if len(payload) > self.max_message_bytes:
+            raise EncodeError(
+                f"message encodes to {len(payload)} bytes, over max_message_bytes ({self.max_message_bytes})"
+            )
+        if peer.conn is None:
+            return False  # not up: Erlang would connect first; here the message is not sent
+        return self.binding.call(self._send_named, peer, name, payload)
+
+    def _send_named(self, peer: Peer, name: str, payload: bytes) -> None:
+        conn = peer.conn
+        if conn is not None and conn.protocol is not None:
+            conn.write(conn.protocol.named(name, payload))
 
     def demonitor(self, target: MailboxID, watcher: Mailbox) -> None:
         peer = self.peers.get(target.node)

@@ -21,6 +21,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._config.certs import node_id_from_certificate
+from .._core.codec import encode
 from .._core.frames import MESSAGE_HEADER, FrameType
 from .._core.ids import MailboxID
 from .._core.inbound import Inbound
@@ -30,7 +31,7 @@ from .._errors import HandshakeError, ProtocolError, ReignError
 if TYPE_CHECKING:
     from .peer import Peer
 
-__all__ = ["Connection", "ConnectionOwner", "HELLO_TIMEOUT", "WRITE_HIGH_WATER", "WRITE_LOW_WATER"]
+__all__ = ["Connection", "ConnectionOwner", "HELLO_TIMEOUT", "WRITE_HIGH_WATER", "WRITE_LOW_WATER", "reason_bytes"]
 
 #: Seconds from TCP accept/connect to a completed HELLO exchange.
 HELLO_TIMEOUT = 10.0
@@ -40,6 +41,26 @@ WRITE_LOW_WATER = 1024 * 1024
 
 _pack_message_header = MESSAGE_HEADER.pack
 _MESSAGE = int(FrameType.MESSAGE)
+
+
+#: Bytes of frame overhead a DOWN or EXIT adds to its reason (type, flags, two ids), at most.
+_SIGNAL_OVERHEAD = 64
+
+
+def reason_bytes(reason: Any, max_frame_bytes: int) -> bytes:
+    """The CBOR of an exit reason for a DOWN or EXIT frame.
+
+    Reasons are checked to be encodable when they are given (``close``, ``exit``), so this
+    falls back only for a reason too large for the peer's frame limit: the peer then learns a
+    ``("reason_too_large", <its repr, cut>)`` tuple instead of nothing.
+    """
+    try:
+        data = encode(reason)
+    except Exception:  # a hook-based class whose to_fields fails now: the same fallback
+        data = b""
+    if data and len(data) + _SIGNAL_OVERHEAD <= max_frame_bytes:
+        return data
+    return encode(("reason_too_large", repr(reason)[: max(0, min(200, max_frame_bytes - 2 * _SIGNAL_OVERHEAD))]))
 
 
 class ConnectionOwner(Protocol):
@@ -198,15 +219,27 @@ class Connection(asyncio.BufferedProtocol):
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def write_down(self, target: MailboxID) -> None:
-        """Queue DOWN(target); a dead protocol drops this connection, never the caller's close."""
+    def write_down(self, target: MailboxID, reason: Any) -> None:
+        """Queue DOWN(target, reason); never raises into the caller's close (a dead protocol
+        drops this connection)."""
         protocol = self.protocol
         if protocol is None or self.closed:
             return
         try:
-            self.write(protocol.down(target))
+            self.write(protocol.down(target, reason_bytes(reason, protocol.max_frame_bytes)))
         except Exception as exc:
             self.fail(ProtocolError(f"cannot send DOWN: {exc!r}"))
+
+    def write_exit(self, target: MailboxID, origin: MailboxID | None, reason: Any, *, linked: bool) -> None:
+        """Queue an EXIT frame; never raises into the caller (a dead protocol drops this
+        connection)."""
+        protocol = self.protocol
+        if protocol is None or self.closed:
+            return
+        try:
+            self.write(protocol.exit(target, origin, reason_bytes(reason, protocol.max_frame_bytes), linked=linked))
+        except Exception as exc:
+            self.fail(ProtocolError(f"cannot send EXIT: {exc!r}"))
 
     def flush(self) -> None:
         self.flush_scheduled = False

@@ -21,9 +21,14 @@ Invariants (all state is touched only on the node's loop thread; :meth:`Mailbox.
   before it resumes is put back where it was (offered to the other waiters first). For a
   selective receiver, ``older`` counts the queued messages that arrived before the one it was
   handed; queue operations keep that count right until the receiver resumes.
-* After ``close()`` the queue is empty, every waiter has failed with
-  :class:`MailboxClosedError`, every watcher has been notified once, and every later receive
-  raises it.
+* After ``close(reason)`` the queue is empty, every waiter has failed with
+  :class:`MailboxClosedError`, every watcher has been notified once (``MailboxClosed(id,
+  reason)``), every linked mailbox has been sent an exit signal with ``reason``, the task of a
+  process owning the mailbox has been cancelled, and every later receive raises it.
+* Exit signals (:meth:`Mailbox.exit_signal`) follow Erlang: ``"kill"`` from ``reign.exit``
+  cannot be trapped and ends the mailbox with ``"killed"``; otherwise a mailbox that traps exits
+  receives :class:`~reign.Exit`, and one that does not ends with the signal's reason, except
+  that ``"normal"`` is ignored (unless a process sends it to itself).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any, Protocol
 
 from .._core.address import Address, Router, detach_local
 from .._core.ids import MailboxID
-from .._core.messages import MailboxClosed
+from .._core.messages import KILL, KILLED, NORMAL, Exit, MailboxClosed
 from .._errors import Empty, MailboxClosedError
 from .loop import LoopBinding
 
@@ -46,8 +51,8 @@ __all__ = ["Mailbox", "MailboxHost", "Watcher"]
 class Watcher(Protocol):
     """Something told when a mailbox closes: a local watcher mailbox, or a peer's watch."""
 
-    def notify_down(self, target: MailboxID) -> None:
-        """``target`` closed (loop thread)."""
+    def notify_down(self, target: MailboxID, reason: Any) -> None:
+        """``target`` closed with ``reason`` (loop thread)."""
         ...
 
 
@@ -59,8 +64,25 @@ class MailboxHost(Router, Protocol):
         """The node's loop binding."""
         ...
 
-    def mailbox_closed(self, mbox: Mailbox, watching: set[MailboxID]) -> None:
-        """``mbox`` closed (loop thread): forget it, and end the watches it made on ``watching``."""
+    def mailbox_closed(self, mbox: Mailbox, watching: set[MailboxID], links: set[MailboxID], reason: Any) -> None:
+        """``mbox`` closed with ``reason`` (loop thread): forget it, end the watches it made on
+        ``watching``, and send each of ``links`` (the mailboxes it was linked to) an exit signal."""
+        ...
+
+    def link(self, mbox: Mailbox, target: MailboxID) -> None:
+        """Link ``mbox`` and ``target`` (loop thread)."""
+        ...
+
+    def unlink(self, mbox: Mailbox, target: MailboxID) -> None:
+        """Remove the link between ``mbox`` and ``target`` (loop thread)."""
+        ...
+
+    def check_reason(self, reason: Any) -> None:
+        """Raise EncodeError if ``reason`` cannot cross to another node."""
+        ...
+
+    def address_for(self, mailbox_id: MailboxID) -> Address:
+        """The Address of ``mailbox_id`` bound to the node."""
         ...
 
 
@@ -88,7 +110,8 @@ class Mailbox:
 
     __slots__ = (
         "_host", "_binding", "id", "address", "_queue", "_waiters", "_claims", "_front_marker",
-        "_closed", "_watchers", "_watching", "__weakref__",
+        "_closed", "_finished", "_watchers", "_watching", "_links", "_task", "_reason", "trap_exits",
+        "__weakref__",
     )
 
     def __init__(self, host: MailboxHost, mailbox_id: MailboxID) -> None:
@@ -101,8 +124,14 @@ class Mailbox:
         self._claims: list[_MatchWaiter] | None = None
         self._front_marker: _MatchWaiter | None = None
         self._closed = False
+        self._finished = False  # the close has been carried out on the loop (after _closed)
         self._watchers: set[Watcher] | None = None
         self._watching: set[MailboxID] | None = None  # targets this mailbox watches
+        self._links: set[MailboxID] | None = None  # mailboxes linked to this one
+        self._task: asyncio.Task[Any] | None = None  # the process owning it, if any
+        self._reason: Any = None
+        #: Erlang's ``process_flag(trap_exit, true)``: exit signals arrive as ``Exit`` messages.
+        self.trap_exits = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self)} queued"
@@ -112,6 +141,11 @@ class Mailbox:
     def closed(self) -> bool:
         """True once :meth:`close` was called (or the node stopped)."""
         return self._closed
+
+    @property
+    def reason(self) -> Any:
+        """The exit reason once closed (None while open)."""
+        return self._reason
 
     def __len__(self) -> int:
         q = self._queue
@@ -375,21 +409,40 @@ class Mailbox:
 
     # ---------------------------------------------------------------- closing
 
-    def close(self) -> None:
-        """Close the mailbox; idempotent and safe from any thread.
+    def close(self, reason: Any = NORMAL) -> None:
+        """Close the mailbox with ``reason`` (Erlang's ``exit(Reason)``); idempotent and safe from
+        any thread.
 
         Queued messages are discarded; every waiting receive fails with
-        :class:`MailboxClosedError`; every watcher is sent ``MailboxClosed(self.id)``; the
-        mailbox's names are dropped. Later sends to its address return ``False``. From another
-        thread the rest happens when the loop next runs; if the loop is already closed, the
-        node is gone and so is everything the mailbox was part of.
+        :class:`MailboxClosedError`; every watcher is sent ``MailboxClosed(self.id, reason)``;
+        every linked mailbox gets an exit signal with ``reason``; the mailbox's names are
+        dropped; a process owning it is cancelled (closing its own mailbox ends a process, as
+        ``exit/1`` does). Later sends to its address return ``False``. From another thread the
+        rest happens when the loop next runs; if the loop is already closed, the node is gone
+        and so is everything the mailbox was part of. Raises :class:`reign.EncodeError` (and
+        closes nothing) when ``reason`` could not cross to another node.
         """
         if self._closed:
             return
-        self._closed = True
-        self._binding.call(self._finish_close)
+        if type(reason) is not str:
+            self._host.check_reason(reason)
+        self.terminate(reason)
 
-    def _finish_close(self) -> None:
+    def terminate(self, reason: Any, *, cancel_task: bool = True) -> None:
+        """:meth:`close` without the check of ``reason`` (the runtime's own reasons); the
+        process task is left running when ``cancel_task`` is False (it is ending anyway)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._reason = reason
+        task = self._task
+        self._task = None
+        if not cancel_task:
+            task = None
+        self._binding.call(self._finish_close, reason, task)
+
+    def _finish_close(self, reason: Any, task: asyncio.Task[Any] | None) -> None:
+        self._finished = True
         self._queue = None
         self._claims = None
         waiters, self._waiters = self._waiters, None
@@ -399,16 +452,86 @@ class Mailbox:
                 future.set_exception(MailboxClosedError(f"mailbox {self.id} was closed"))
         watchers, self._watchers = self._watchers, None
         watching, self._watching = self._watching, None
+        links, self._links = self._links, None
         detach_local(self.address)
-        self._host.mailbox_closed(self, watching or set())
+        if task is not None and not task.done():
+            task.cancel()
+        self._host.mailbox_closed(self, watching or set(), links or set(), reason)
         for watcher in watchers or ():
-            watcher.notify_down(self.id)
+            watcher.notify_down(self.id, reason)
+
+    # ---------------------------------------------------------------- processes and exit signals
+
+    def bind_task(self, task: asyncio.Task[Any]) -> None:
+        """``task`` is the process owning this mailbox: it is cancelled when the mailbox closes."""
+        self._task = task
+
+    @property
+    def task(self) -> asyncio.Task[Any] | None:
+        """The task of the process owning this mailbox (None for a plain mailbox or once closed)."""
+        return self._task
+
+    def exit_signal(self, origin: MailboxID | None, reason: Any, linked: bool) -> None:
+        """An exit signal from ``origin`` (loop thread): from a link if ``linked`` (the link is
+        then gone), else from ``reign.exit``. See the module header for what it does."""
+        if self._closed:
+            return
+        if linked and origin is not None and self._links:
+            self._links.discard(origin)
+        if not linked and type(reason) is str and reason == KILL:
+            self.terminate(KILLED)
+        elif self.trap_exits:
+            self.deliver(Exit(origin, reason))
+        elif type(reason) is str and reason == NORMAL:
+            if not linked and origin == self.id:  # exit(self(), normal) ends the caller
+                self.terminate(NORMAL)
+        else:
+            self.terminate(reason)
+
+    def link(self, target: Address) -> None:
+        """Link this mailbox and ``target`` (Erlang's ``link/1``), on any node.
+
+        When either closes with a reason other than ``"normal"``, the other gets an exit signal
+        with that reason (it closes with it, unless it traps exits). A target that is already
+        gone or unknown sends this mailbox ``"noproc"`` at once; one on a lost or unreachable
+        node, ``"noconnection"``. Linking twice is one link. Thread-safe.
+        """
+        if type(target) is not Address:
+            raise TypeError(f"link needs an Address, not {type(target).__name__}")
+        self._binding.call(self._host.link, self, target.id)
+
+    def unlink(self, target: Address) -> None:
+        """Remove the link with ``target`` (both sides); no-op if there is none. Thread-safe."""
+        if type(target) is not Address:
+            raise TypeError(f"unlink needs an Address, not {type(target).__name__}")
+        self._binding.call(self._host.unlink, self, target.id)
+
+    def links_add(self, other: MailboxID) -> bool:
+        """Record a link to ``other`` (runtime bookkeeping); False if the close was carried out."""
+        if self._finished:
+            return False
+        if self._links is None:
+            self._links = set()
+        self._links.add(other)
+        return True
+
+    def links_discard(self, other: MailboxID) -> None:
+        """Forget the link to ``other`` (runtime bookkeeping)."""
+        if self._links:
+            self._links.discard(other)
+
+    @property
+    def links(self) -> frozenset[MailboxID]:
+        """The ids of the mailboxes linked to this one (a snapshot)."""
+        return frozenset(self._links or ())
 
     # ---------------------------------------------------------------- monitors (loop thread)
 
     def add_watcher(self, watcher: Watcher) -> bool:
-        """``watcher`` is told when this mailbox closes; False (and nothing kept) if closed."""
-        if self._closed:
+        """``watcher`` is told when this mailbox closes; False (and nothing kept) if that
+        already happened. A watch made before a close from another thread was carried out
+        still learns the close's reason."""
+        if self._finished:
             return False
         if self._watchers is None:
             self._watchers = set()
@@ -433,8 +556,8 @@ class Mailbox:
         if self._watching:
             self._watching.discard(target)
 
-    def notify_down(self, target: MailboxID) -> None:
-        """As a watcher: ``target`` closed, so ``MailboxClosed(target)`` arrives here once."""
+    def notify_down(self, target: MailboxID, reason: Any) -> None:
+        """As a watcher: ``target`` closed, so ``MailboxClosed(target, reason)`` arrives here once."""
         if self._watching:
             self._watching.discard(target)
-        self.deliver(MailboxClosed(target))
+        self.deliver(MailboxClosed(target, reason))

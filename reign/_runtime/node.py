@@ -14,6 +14,12 @@ Invariants:
   The node binds to the running loop on ``start()`` or on first use inside a loop; before that
   it is single-threaded. Calls from other threads go through ``LoopBinding.call``.
 * Nothing here is global: several nodes may live in one process and one loop.
+* Local names (Erlang's ``register``): ``_local_names`` maps name -> open mailbox and
+  ``_name_of`` the reverse; a mailbox has at most one local name, and loses it when it closes.
+* Exit reasons cross nodes: ``close``/``exit`` refuse a reason that cannot be encoded
+  (:meth:`Node.check_reason`), so a remote watcher or link always learns the real reason.
+* With ``check_messages`` (or ``REIGN_CHECK_MESSAGES=1``) every local send is encoded and
+  decoded like a remote one, so a message that could not cross nodes fails on one node too.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 from .._config.spec import ClusterSpec
 from .._core.address import Address
+from .._core.codec import decode, encode
 from .._core.ids import MAX_NODE_ID, MailboxID, new_incarnation, parse_mailbox_id
-from .._errors import ClusterSpecError
+from .._core.messages import NOCONNECTION, NOPROC, SHUTDOWN
+from .._core.naming import checked_name
+from .._errors import ClusterSpecError, EncodeError, RegistrationError
 from .cluster import Cluster, PeerStatistics
 from .log import get_logger
 from .loop import LoopBinding
 from .mailbox import Mailbox
 from .names import Names
+from .process import ProcessFunction, current_process, start_process
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -50,6 +60,12 @@ __all__ = [
 _log = get_logger("reign.node")
 
 ConnectionStatusCallback = Callable[[int, bool], object]
+
+#: Environment variable that turns ``check_messages`` on for every node created while it is set.
+CHECK_MESSAGES_ENV = "REIGN_CHECK_MESSAGES"
+#: Seconds ``stop()`` waits for process tasks to finish after cancelling them: a process that
+#: swallows cancellation must not hang the node's shutdown.
+STOP_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +95,7 @@ class Node:
         spec: ClusterSpec | None = None,
         *,
         credentials: tuple[bytes, bytes, bytes] | None = None,
+        check_messages: bool | None = None,
     ) -> None:
         if type(node_id) is not int or not 0 <= node_id <= MAX_NODE_ID:
             raise ValueError(f"node id must be an int in 0..{MAX_NODE_ID}, got {node_id!r}")
@@ -87,6 +104,12 @@ class Node:
         self._binding = LoopBinding()
         self._serials = itertools.count(1)
         self._mailboxes: dict[int, Mailbox] = {}
+        self._local_names: dict[str, Mailbox] = {}
+        self._name_of: dict[Mailbox, str] = {}
+        self._processes: set[asyncio.Task[None]] = set()
+        if check_messages is None:
+            check_messages = os.environ.get(CHECK_MESSAGES_ENV, "") not in ("", "0")
+        self._check_messages = check_messages
         self._status_callbacks: list[ConnectionStatusCallback] = []
         self._close_listeners: list[Callable[[Mailbox], object]] = []
         self._started = False
@@ -128,6 +151,11 @@ class Node:
         """The loop this node's state belongs to (for the runtime's own modules)."""
         return self._binding
 
+    @property
+    def check_messages(self) -> bool:
+        """Whether local sends are encoded and decoded like remote ones (see the module header)."""
+        return self._check_messages
+
     # ---------------------------------------------------------------- mailboxes
 
     def new_mailbox(self) -> tuple[Address, Mailbox]:
@@ -139,9 +167,28 @@ class Node:
             raise RuntimeError(f"node {self._id} is stopped; it creates no more mailboxes")
         self._binding.try_bind()
         serial = next(self._serials)
-        mbox = Mailbox(self, MailboxID(self._id, self._incarnation, serial))
+        cls = _CheckedMailbox if self._check_messages else Mailbox
+        mbox = cls(self, MailboxID(self._id, self._incarnation, serial))
         self._mailboxes[serial] = mbox
         return mbox.address, mbox
+
+    def spawn(self, fn: ProcessFunction, *args: Any, link: Address | None = None) -> Address:
+        """Start a process: ``fn(mbox, *args)`` runs as a task that owns a new mailbox.
+
+        Returns the process's address at once; ``fn`` starts on a later loop iteration. With
+        ``link`` the process is linked to that address before ``fn`` starts (``spawn_link``).
+        The process exits with ``"normal"`` when ``fn`` returns, a :class:`reign.Crash` when it
+        raises, ``"shutdown"`` when the node stops; an exit signal ends it as Erlang's would.
+        Must be called on the node's loop (RuntimeError otherwise, and after stop).
+        """
+        loop = self._binding.require_loop_thread("spawn()")
+        address, mbox = self.new_mailbox()
+        task = start_process(loop, mbox, fn, args)
+        self._processes.add(task)
+        task.add_done_callback(self._processes.discard)
+        if link is not None:
+            mbox.link(link)
+        return address
 
     def address(self, data: str | bytes | bytearray | memoryview) -> Address:
         """Parse the text (``<N.I.S>``) or binary form of an address, bound to this node.
@@ -173,13 +220,145 @@ class Node:
         """Call ``fn(mbox)`` on the loop whenever one of this node's mailboxes closes."""
         self._close_listeners.append(fn)
 
-    def mailbox_closed(self, mbox: Mailbox, watching: set[MailboxID]) -> None:
-        """A mailbox of this node closed (loop thread): forget it and end its watches."""
+    def mailbox_closed(self, mbox: Mailbox, watching: set[MailboxID], links: set[MailboxID], reason: Any) -> None:
+        """A mailbox of this node closed (loop thread): forget it, end its watches, signal its
+        links."""
         self._mailboxes.pop(mbox.id.serial, None)
+        name = self._name_of.pop(mbox, None)
+        if name is not None:
+            del self._local_names[name]
         for fn in self._close_listeners:
             fn(mbox)
         for target in watching:  # like Erlang: a process's monitors end with it
             self._demonitor(target, mbox)
+        origin = mbox.id
+        for other in links:
+            if other.node == self._id:
+                linked = self.local_mailbox(other)
+                if linked is not None:
+                    linked.exit_signal(origin, reason, True)
+            elif self._cluster is not None:
+                self._cluster.link_exit(origin, other, reason)
+
+    def check_reason(self, reason: Any) -> None:
+        """Raise :class:`reign.EncodeError` if ``reason`` could not cross to another node."""
+        encode(reason)
+
+    # ---------------------------------------------------------------- links and exit signals
+
+    def link(self, mbox: Mailbox, target: MailboxID) -> None:
+        """Link ``mbox`` (ours) and ``target`` (loop thread); see ``Mailbox.link``."""
+        if mbox.closed or target == mbox.id:
+            return
+        if target.node == self._id:
+            other = self.local_mailbox(target)
+            if other is None or not other.links_add(mbox.id):
+                mbox.exit_signal(target, NOPROC, True)
+            else:
+                mbox.links_add(target)
+        elif self._cluster is None:
+            mbox.exit_signal(target, NOCONNECTION, True)
+        else:
+            self._cluster.link(mbox, target)
+
+    def unlink(self, mbox: Mailbox, target: MailboxID) -> None:
+        """Remove the link between ``mbox`` and ``target`` (loop thread)."""
+        mbox.links_discard(target)
+        if target.node == self._id:
+            other = self.local_mailbox(target)
+            if other is not None:
+                other.links_discard(mbox.id)
+        elif self._cluster is not None:
+            self._cluster.unlink(mbox, target)
+
+    def exit_signal(self, target: MailboxID, reason: Any) -> None:
+        """Send ``target`` an exit signal with ``reason`` from the calling process (``reign.exit``).
+
+        The origin is the process this code runs in (None outside processes). A target that is
+        gone is ignored, as in Erlang. Any thread; raises :class:`reign.EncodeError` for a
+        reason that could not cross nodes.
+        """
+        if type(reason) is not str:
+            self.check_reason(reason)
+        me = current_process()
+        origin = me.id if me is not None and self.is_local(me.id) else None
+        self._binding.call(self._exit_signal, target, origin, reason)
+
+    def _exit_signal(self, target: MailboxID, origin: MailboxID | None, reason: Any) -> None:
+        if target.node == self._id:
+            mbox = self.local_mailbox(target)
+            if mbox is not None:
+                mbox.exit_signal(origin, reason, False)
+        elif self._cluster is not None:
+            self._cluster.send_exit(target, origin, reason)
+
+    # ---------------------------------------------------------------- local names
+
+    def register(self, name: str, address: Address) -> None:
+        """Register ``address`` (an open mailbox of this node) under the local ``name``.
+
+        Erlang's ``register/2``: a name has one owner, a mailbox at most one name, and the
+        name is dropped when the mailbox closes. Raises :class:`reign.RegistrationError`
+        saying which rule was broken (name taken, mailbox already named, closed or not on
+        this node, bad name). Must be called on the node's loop.
+        """
+        self._binding.require_loop_thread("register()")
+        try:
+            name = checked_name(name)
+        except ValueError as exc:
+            raise RegistrationError(str(exc)) from None
+        if type(address) is not Address:
+            raise RegistrationError(f"only an Address can be registered, not {type(address).__name__}")
+        mbox = self.local_mailbox(address.id)
+        if mbox is None or mbox.closed:
+            raise RegistrationError(f"{address} is not an open mailbox of node {self._id}; cannot register it as {name!r}")
+        owner = self._local_names.get(name)
+        if owner is not None:
+            if owner is mbox:
+                return
+            raise RegistrationError(f"the name {name!r} is already registered to {owner.id}")
+        previous = self._name_of.get(mbox)
+        if previous is not None:
+            raise RegistrationError(f"{address} is already registered as {previous!r}")
+        self._local_names[name] = mbox
+        self._name_of[mbox] = name
+
+    def unregister(self, name: str) -> None:
+        """Drop the local ``name``; RegistrationError if it is not registered (Erlang: badarg)."""
+        self._binding.require_loop_thread("unregister()")
+        mbox = self._local_names.pop(name, None) if isinstance(name, str) else None
+        if mbox is None:
+            raise RegistrationError(f"no mailbox is registered as {name!r:.80} on node {self._id}")
+        del self._name_of[mbox]
+
+    def whereis(self, name: str) -> Address | None:
+        """The address registered as the local ``name``, or None."""
+        mbox = self._local_names.get(name) if isinstance(name, str) else None
+        return None if mbox is None else mbox.address
+
+    def registered(self) -> list[str]:
+        """The local names, sorted (Erlang's ``registered/0``)."""
+        return sorted(self._local_names)
+
+    def mailbox_by_name(self, name: str) -> Mailbox | None:
+        """The open mailbox registered locally as ``name`` (the receive path of NAMED frames)."""
+        return self._local_names.get(name)
+
+    def send_named(self, name: str, msg: Any, *, node: int | None = None) -> bool:
+        """Send ``msg`` to the mailbox registered as ``name`` on node ``node`` (this node if None).
+
+        Erlang's ``{Name, Node} ! Msg``. Locally, False when no mailbox has that name. To another
+        node it is ``True`` when it was queued for it (the name is resolved there; an unknown
+        name drops the message, as in Erlang), False for a node that is not a peer or is gone.
+        Raises :class:`reign.EncodeError` for a message that cannot cross nodes, ValueError for a
+        bad name. Any thread.
+        """
+        if node is None or node == self._id:
+            mbox = self._local_names.get(name) if isinstance(name, str) else None
+            return False if mbox is None else mbox.post(msg)
+        if self._cluster is None:
+            return False
+        return self._cluster.send_named(node, checked_name(name), msg)
 
     # ---------------------------------------------------------------- routing and monitors
 
@@ -220,13 +399,17 @@ class Node:
         watcher = self._mailboxes.get(watcher_id.serial)
         if watcher is None:
             return  # the watcher closed meanwhile: nobody to tell
+        self.monitor_from(target, watcher)
+
+    def monitor_from(self, target: MailboxID, watcher: Mailbox) -> None:
+        """``watcher`` (an open mailbox of ours) watches ``target`` (loop thread)."""
         watcher.watch_started(target)
         if target.node == self._id:
             mbox = self.local_mailbox(target)
             if mbox is None or not mbox.add_watcher(watcher):
-                watcher.notify_down(target)
+                watcher.notify_down(target, NOPROC)
         elif self._cluster is None:
-            watcher.notify_down(target)
+            watcher.notify_down(target, NOCONNECTION)
         else:
             self._cluster.monitor(target, watcher)
 
@@ -235,6 +418,11 @@ class Node:
         if watcher is not None:
             watcher.watch_ended(target)
             self._demonitor(target, watcher)
+
+    def demonitor_from(self, target: MailboxID, watcher: Mailbox) -> None:
+        """Cancel :meth:`monitor_from` (loop thread)."""
+        watcher.watch_ended(target)
+        self._demonitor(target, watcher)
 
     def _demonitor(self, target: MailboxID, watcher: Mailbox) -> None:
         if target.node == self._id:
@@ -324,12 +512,17 @@ class Node:
         self._log.info("node.started")
 
     async def stop(self) -> None:
-        """Close every mailbox, then every connection. Idempotent."""
+        """Close every mailbox with ``"shutdown"`` (ending every process), then every
+        connection. Waits up to :data:`STOP_GRACE` seconds for the processes' tasks to end.
+        Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         for mbox in list(self._mailboxes.values()):
-            mbox.close()
+            mbox.terminate(SHUTDOWN)
+        processes = [task for task in self._processes if not task.done()]
+        if processes:
+            await asyncio.wait(processes, timeout=STOP_GRACE)
         if self._cluster is not None:
             await self._cluster.stop()
         self._log.info("node.stopped")
@@ -347,12 +540,33 @@ class Node:
         await self.stop()
 
 
-def no_clustering() -> Node:
-    """A node with id 0 and no network: every local feature works; other nodes are unreachable."""
-    return Node(0)
+class _CheckedMailbox(Mailbox):
+    """A mailbox of a ``check_messages`` node: local sends are encoded and decoded first, so
+    the receiver gets a copy made as another node would make it."""
+
+    __slots__ = ()
+
+    def post(self, msg: Any) -> bool:
+        if self.closed:
+            return False
+        try:
+            payload = encode(msg)
+        except EncodeError as exc:
+            raise EncodeError(f"{exc} (check_messages: this message could not cross nodes)") from None
+        host = self._host
+        copy = decode(payload, host.address_for)
+        return super().post(copy)
 
 
-def create_from_spec(spec: ClusterSpec | Mapping[str, Any], node_id: int) -> Node:
+def no_clustering(*, check_messages: bool | None = None) -> Node:
+    """A node with id 0 and no network: every local feature works; other nodes are unreachable.
+
+    ``check_messages``: see :class:`Node` (default: the ``REIGN_CHECK_MESSAGES`` environment).
+    """
+    return Node(0, check_messages=check_messages)
+
+
+def create_from_spec(spec: ClusterSpec | Mapping[str, Any], node_id: int, *, check_messages: bool | None = None) -> Node:
     """A clustered node ``node_id`` of ``spec`` (a :class:`reign.ClusterSpec` or parsed JSON).
 
     Credentials are read and checked now, so a bad spec or certificate fails here with
@@ -365,12 +579,12 @@ def create_from_spec(spec: ClusterSpec | Mapping[str, Any], node_id: int) -> Nod
     if type(node_id) is not int:
         raise ClusterSpecError(f"node id must be an int, not {type(node_id).__name__}")
     spec.node(node_id)
-    return Node(node_id, spec)
+    return Node(node_id, spec, check_messages=check_messages)
 
 
-def create_from_spec_file(path: str | os.PathLike[str], node_id: int) -> Node:
+def create_from_spec_file(path: str | os.PathLike[str], node_id: int, *, check_messages: bool | None = None) -> Node:
     """:func:`create_from_spec` with the spec loaded (and validated) from a JSON file."""
-    return create_from_spec(ClusterSpec.load(path), node_id)
+    return create_from_spec(ClusterSpec.load(path), node_id, check_messages=check_messages)
 
 
 def run(main: Coroutine[Any, Any, Any]) -> Any:

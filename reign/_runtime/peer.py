@@ -72,13 +72,13 @@ class _PeerWatch:
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
 
-    def notify_down(self, target: MailboxID) -> None:
+    def notify_down(self, target: MailboxID, reason: Any) -> None:
         """Called from a local mailbox's close: sends DOWN if the peer still watches it."""
         peer = self.peer
         if peer.monitors.local_closed(target.serial):
             conn = peer.conn
             if conn is not None:
-                conn.write_down(target)
+                conn.write_down(target, reason)
 
 
 class Peer:
