@@ -181,14 +181,24 @@ class Node:
         raises, ``"shutdown"`` when the node stops; an exit signal ends it as Erlang's would.
         Must be called on the node's loop (RuntimeError otherwise, and after stop).
         """
+        return self.spawn_process(fn, args, link=link)[0]
+
+    def spawn_process(
+        self, fn: ProcessFunction, args: tuple[Any, ...], *, link: Address | None = None
+    ) -> tuple[Address, Mailbox, asyncio.Task[None]]:
+        """:meth:`spawn`, also returning the process's mailbox and task (for the OTP layer)."""
         loop = self._binding.require_loop_thread("spawn()")
+        if self._stopped:
+            raise RuntimeError(f"node {self._id} is stopped; it starts no more processes")
+        if link is not None and type(link) is not Address:
+            raise TypeError(f"link must be an Address, not {type(link).__name__}")
         address, mbox = self.new_mailbox()
         task = start_process(loop, mbox, fn, args)
         self._processes.add(task)
         task.add_done_callback(self._processes.discard)
         if link is not None:
             mbox.link(link)
-        return address
+        return address, mbox, task
 
     def address(self, data: str | bytes | bytearray | memoryview) -> Address:
         """Parse the text (``<N.I.S>``) or binary form of an address, bound to this node.

@@ -23,11 +23,12 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._core.address import Address
 from .._core.messages import NORMAL, SHUTDOWN, Crash
 from .log import get_logger
 from .mailbox import Mailbox
 
-__all__ = ["current_process", "start_process", "ProcessFunction"]
+__all__ = ["current_process", "exit", "start_process", "ProcessFunction"]
 
 _log = get_logger("reign.process")
 
@@ -68,3 +69,18 @@ async def _run(mbox: Mailbox, fn: ProcessFunction, args: tuple[Any, ...]) -> Non
         raise
     else:
         mbox.terminate(NORMAL, cancel_task=False)
+
+
+def exit(address: Address, reason: Any) -> None:  # noqa: A001 - Erlang's name, as the contract has it
+    """Send ``address`` an exit signal with ``reason`` (Erlang's ``exit(Pid, Reason)``).
+
+    From any thread, to a mailbox on any node. A target that does not trap exits ends with
+    ``reason`` (``"normal"`` is ignored, except by a process sending it to itself); one that
+    traps receives ``Exit(sender, reason)`` where ``sender`` is the calling process's id (None
+    outside processes). ``"kill"`` cannot be trapped: the target ends with ``"killed"``. A
+    target that is gone is ignored. Raises ``TypeError`` for a non-Address and
+    :class:`reign.EncodeError` for a reason that could not cross nodes.
+    """
+    if type(address) is not Address:
+        raise TypeError(f"exit needs an Address, not {type(address).__name__}")
+    address.node.exit_signal(address.id, reason)
