@@ -29,6 +29,7 @@ from reign._config.certs import (
     node_id_from_certificate,
 )
 from reign._errors import HandshakeError
+from reign.testing import write_key
 
 HANDSHAKE_TIMEOUT = 5.0
 
@@ -300,7 +301,7 @@ def _context(server: bool, cert: Path, key: Path, ca_pem: bytes) -> ssl.SSLConte
 def _files(tmp_path: Path, name: str, cert: bytes, key: bytes) -> tuple[Path, Path]:
     cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
     cert_path.write_bytes(cert)
-    key_path.write_bytes(key)
+    write_key(key_path, key)
     return cert_path, key_path
 
 

@@ -22,6 +22,7 @@ from reign._config.spec import (
     NodeSpec,
 )
 from reign._errors import ClusterSpecError
+from reign.testing import write_key
 
 BASE: dict[str, Any] = {
     "nodes": [{"id": 1, "address": "127.0.0.1:20000"}, {"id": 2, "address": "127.0.0.1:20001"}],
@@ -70,7 +71,7 @@ def _write_pki(folder: Path, pki: dict[str, bytes]) -> None:
     (folder / "reign_ca.crt").write_bytes(pki["ca"])
     for n in (1, 2):
         (folder / f"reign_node.{n}.crt").write_bytes(pki[f"cert{n}"])
-        (folder / f"reign_node.{n}.key").write_bytes(pki[f"key{n}"])
+        write_key(folder / f"reign_node.{n}.key", pki[f"key{n}"])  # 0600, as reign_init
 
 
 # --------------------------------------------------------------------------- valid specs
@@ -441,7 +442,11 @@ def test_load_credentials_rejects_non_pem(
     tmp_path: Path, pki: dict[str, bytes], file: str, content: bytes | str, field: str
 ) -> None:
     _write_pki(tmp_path, pki)
-    (tmp_path / file).write_bytes(pki[content] if isinstance(content, str) else content)
+    data = pki[content] if isinstance(content, str) else content
+    if file.endswith(".key"):
+        write_key(tmp_path / file, data)
+    else:
+        (tmp_path / file).write_bytes(data)
     with pytest.raises(
         ClusterSpecError, match=rf"^{field} \({re.escape(str(tmp_path / file))}\): not a PEM"
     ):
@@ -456,7 +461,7 @@ def test_load_credentials_rejects_encrypted_key(tmp_path: Path, pki: dict[str, b
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret"),
     )
-    (tmp_path / "reign_node.1.key").write_bytes(encrypted)
+    write_key(tmp_path / "reign_node.1.key", encrypted)
     with pytest.raises(ClusterSpecError, match=r"^node_key_path .*encrypted"):
         ClusterSpec.from_dict(BASE, base_dir=tmp_path).load_credentials(1)
 
@@ -485,7 +490,7 @@ def test_load_credentials_verifies_that_they_fit(
 ) -> None:
     _write_pki(tmp_path, pki)
     (tmp_path / "reign_node.1.crt").write_bytes(pki[cert])
-    (tmp_path / "reign_node.1.key").write_bytes(pki[key])
+    write_key(tmp_path / "reign_node.1.key", pki[key])
     (tmp_path / "reign_ca.crt").write_bytes(pki[ca])
     spec = ClusterSpec.from_dict(BASE, base_dir=tmp_path)
     with pytest.raises(
