@@ -361,6 +361,17 @@ def test_node_key_readable_by_others_is_refused_too(tmp_path: Path, initialized:
     assert snapshot(certs) == before
 
 
+def test_the_chmod_in_the_message_can_be_pasted_into_a_shell(tmp_path: Path) -> None:
+    ok("--dir", "my certs", "--nodes", "1", cwd=tmp_path, process=False)
+    (tmp_path / "my certs" / "reign_ca.key").chmod(0o644)
+    line = fails("--dir", "my certs", "--nodes", "1", cwd=tmp_path, process=False)
+    shown = Path("my certs") / "reign_ca.key"
+    assert f"chmod 600 '{shown}' and run again" in line
+    subprocess.run(["sh", "-c", line.split("; ")[1].split(" and run again")[0]], cwd=tmp_path, check=True)
+    assert mode(tmp_path / shown) == 0o600
+    ok("--dir", "my certs", "--nodes", "1", cwd=tmp_path, process=False)
+
+
 def test_keys_owner_only_are_reused(tmp_path: Path, initialized: Path) -> None:
     certs = initialized
     (certs / "reign_ca.key").chmod(0o400)

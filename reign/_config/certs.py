@@ -228,7 +228,8 @@ def check_ca_credentials(ca_cert_pem: bytes, ca_key_pem: bytes) -> None:
     """Check that a CA certificate and key can sign node certificates.
 
     Guarantees on success: both parse, the key belongs to the certificate, the certificate says
-    ``CA:TRUE`` and the key type can sign. Validity dates are not checked here.
+    ``CA:TRUE`` and the key type can sign. Validity dates are not checked here (see
+    :func:`check_validity`).
     Raises :class:`ValueError` saying what is wrong otherwise.
     """
     _load_ca(ca_cert_pem, ca_key_pem)
@@ -494,7 +495,7 @@ def check_node_credentials(cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes) 
 
     Guarantees on success: the key belongs to the certificate, the certificate is signed directly
     by the CA (signature and issuer name), and it carries a valid node identity. Validity dates
-    are not checked (a TLS peer checks them at handshake time).
+    are not checked here (:func:`check_validity` does; a TLS peer checks them at handshake).
 
     Raises :class:`ValueError` for unparsable input, a mismatched key or a certificate the CA did
     not sign; :class:`HandshakeError` for a certificate without a valid node identity.

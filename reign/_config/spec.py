@@ -548,10 +548,10 @@ class ClusterSpec:
 # CA and node files and only issues what is missing (see its module docstring).
 _CA_RENEWAL = "make a new CA and node certificates (reign_init --force does both)"
 _NODE_RENEWAL = (
-    "issue a new one from the cluster CA (reign_init does after you delete this certificate "
-    "and its key)"
+    "issue a new one from the cluster CA (with reign_init: delete this certificate and its key, "
+    "then run it again)"
 )
-_CLOCK_HINT = "is this machine's clock right?"
+_CLOCK_HINT = "check this machine's clock"
 
 
 def _check_dates(where: str, pem: bytes, renewal: str) -> None:
