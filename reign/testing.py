@@ -8,12 +8,18 @@ public so that applications can test their clustered code the same way::
     spec = reign.testing.make_cluster(tmp_path, [1, 2])
     async with reign.create_from_spec_file(spec, 1) as n1, reign.create_from_spec_file(spec, 2) as n2:
         await n1.wait_connected(2)
+
+Private keys are written with mode 0600 whatever the umask, as ``reign_init`` writes them: a
+node refuses to start with a key file that group or others may read (see
+:meth:`reign.ClusterSpec.load_credentials`). Tests that write a key file of their own use
+:func:`write_key`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +27,11 @@ from typing import Any
 
 from ._config import certs as _certs
 
-__all__ = ["CA", "free_ports", "make_cluster", "wait_until", "write_spec"]
+__all__ = ["CA", "free_ports", "make_cluster", "wait_until", "write_key", "write_spec"]
+
+#: Mode of every private key file written here: owner read/write only, as ``reign_init`` writes
+#: them (a node refuses a key file with any group or other bit set).
+_KEY_MODE = 0o600
 
 
 def free_ports(count: int) -> list[int]:
@@ -38,8 +48,28 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def write_key(path: Path, key_pem: bytes) -> None:
+    """Write a private key file with mode exactly 0600.
+
+    Exactly 0600 whatever the umask; an existing file is truncated on open and set to 0600 before
+    the key is written into it, so the key is never readable by others, not even for a moment.
+    Replaces any previous content. Raises :class:`OSError`.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), _KEY_MODE)
+    try:
+        os.fchmod(fd, _KEY_MODE)  # an existing file keeps its mode through os.open; set it
+        view = memoryview(key_pem)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 class CA:
-    """A cluster CA in a folder, issuing node certificates on demand."""
+    """A cluster CA in a folder, issuing node certificates on demand.
+
+    ``cert`` and ``key`` are the CA's PEM; only the certificate is written (``reign_ca.crt``).
+    """
 
     def __init__(self, folder: Path, organization: str = "reign-test") -> None:
         self.folder = folder
@@ -48,10 +78,15 @@ class CA:
         (folder / "reign_ca.crt").write_bytes(self.cert)
 
     def issue(self, node_id: int, folder: Path | None = None) -> tuple[bytes, bytes]:
+        """Issue node ``node_id``'s certificate; write ``reign_node.N.crt`` and ``.key`` (0600).
+
+        Files go into ``folder`` (default: the CA's folder), replacing what is there. Returns
+        ``(cert_pem, key_pem)``.
+        """
         cert, key = _certs.create_node_certificate(self.cert, self.key, node_id)
         target = folder or self.folder
         (target / f"reign_node.{node_id}.crt").write_bytes(cert)
-        (target / f"reign_node.{node_id}.key").write_bytes(key)
+        write_key(target / f"reign_node.{node_id}.key", key)
         return cert, key
 
 

@@ -21,6 +21,13 @@ Invariants this tool keeps:
   (CA key matches CA certificate; each node key matches its certificate, which the CA signed and
   which names the right node id); any inconsistency -- including a key without its certificate
   or the reverse -- stops the run before anything is written, with exit status 1.
+* An existing private key is reused only if group and others have no access to it (mode
+  ``& 0o077 == 0``, the test a node applies to its key at start-up, see
+  :mod:`reign._config.keyfiles`). A CA key or node key with looser permissions stops the run
+  like any other inconsistency, saying the mode and the ``chmod`` that fixes it; the key is never
+  chmodded or rewritten (whoever could read it may have, which only its owner can judge: the
+  alternative offered is a fresh CA with ``--force``, or deleting a node's files to reissue
+  them). A node key is checked too because a node would refuse to start with it.
 * ``--force`` regenerates the CA, nodes 1..N and ``cluster.json``.
 * Node certificates take the organization of the CA that signs them; ``--organization`` names
   the organization of a newly created CA.
@@ -42,6 +49,7 @@ from pathlib import Path
 
 from reign._cli import OneLineParser, one_line, os_reason
 from reign._config import certs as _certs
+from reign._config import keyfiles as _keyfiles
 from reign._config.spec import ClusterSpec, NodeSpec
 from reign._errors import ClusterSpecError, HandshakeError
 
@@ -61,6 +69,9 @@ MAX_NODES = 255  # node ids 1..N must fit the 0..255 id space
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
 _FORCE_HINT = "use --force to regenerate everything"
+# The other way out of a loose key than chmod, when others may already have read it.
+_CA_KEY_FIX = "if others may have read it, make a new CA with --force"
+_NODE_KEY_FIX = "if others may have read it, delete %s and %s and run again for a new pair"
 _INT_RE = re.compile(r"-?[0-9]{1,12}")
 
 
@@ -155,11 +166,21 @@ def _build_parser() -> OneLineParser:
 # --------------------------------------------------------------------------- files
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, *, key_fix: str | None = None) -> bytes:
+    """The file's bytes; with ``key_fix`` it is a private key and must have no group/other bits.
+
+    ``key_fix`` ends the message for a loose key: the alternative to ``chmod`` for that file.
+    """
     try:
-        return path.read_bytes()
+        data, mode = _keyfiles.read_credential_file(path)
     except OSError as exc:
         raise _Failure(f"cannot read {path}: {os_reason(exc)}") from None
+    if key_fix is not None:
+        try:
+            _keyfiles.check_key_mode(path, mode)
+        except _keyfiles.LooseKeyError as exc:
+            raise _Failure(f"{path}: {exc} and run again, or {key_fix}") from None
+    return data
 
 
 def _present(path: Path) -> bool:
@@ -216,15 +237,18 @@ def _prepare_dir(directory: Path) -> None:
         raise _Failure(f"cannot write to directory {directory}: permission denied")
 
 
-def _existing_pair(cert_path: Path, key_path: Path) -> tuple[bytes, bytes] | None:
-    """Both files' bytes, None if neither exists; a lone key or certificate is a failure."""
+def _existing_pair(cert_path: Path, key_path: Path, key_fix: str) -> tuple[bytes, bytes] | None:
+    """Both files' bytes, None if neither exists; a lone key or certificate is a failure.
+
+    A key that group or others may access is a failure too (``key_fix``: see :func:`_read`).
+    """
     have_cert, have_key = _present(cert_path), _present(key_path)
     if have_cert != have_key:
         found, missing = (cert_path, key_path) if have_cert else (key_path, cert_path)
         raise _Failure(f"found {found} but not {missing}; refusing to guess ({_FORCE_HINT})")
     if not have_cert:
         return None
-    return _read(cert_path), _read(key_path)
+    return _read(cert_path), _read(key_path, key_fix=key_fix)
 
 
 # --------------------------------------------------------------------------- the run
@@ -245,14 +269,14 @@ def _run(args: argparse.Namespace) -> None:
     ca: tuple[bytes, bytes] | None = None
     existing_nodes: dict[int, tuple[bytes, bytes]] = {}
     if not args.force:
-        ca = _existing_pair(*ca_paths)
+        ca = _existing_pair(*ca_paths, _CA_KEY_FIX)
         if ca is not None:
             try:
                 _certs.check_ca_credentials(*ca)
             except ValueError as exc:
                 raise _Failure(f"{ca_paths[0]}: {exc} ({_FORCE_HINT})") from None
         for n, (cert_path, key_path) in node_paths.items():
-            pair = _existing_pair(cert_path, key_path)
+            pair = _existing_pair(cert_path, key_path, _NODE_KEY_FIX % (key_path, cert_path))
             if pair is None:
                 continue
             if ca is None:

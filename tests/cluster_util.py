@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reign.testing import CA, free_ports, make_cluster, wait_until, write_spec  # noqa: F401 - re-exported
+from reign.testing import CA, free_ports, make_cluster, wait_until, write_key, write_spec  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_PROC = Path(__file__).resolve().parent / "node_proc.py"

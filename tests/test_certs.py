@@ -20,8 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reign._config.certs import (
+    CLOCK_SKEW,
+    ValidityError,
     check_ca_credentials,
     check_node_credentials,
+    check_validity,
     cluster_identity,
     create_ca,
     create_node_certificate,
@@ -29,6 +32,7 @@ from reign._config.certs import (
     node_id_from_certificate,
 )
 from reign._errors import HandshakeError
+from reign.testing import write_key
 
 HANDSHAKE_TIMEOUT = 5.0
 
@@ -188,6 +192,43 @@ def test_node_certificate_never_outlives_its_ca() -> None:
     assert cert.not_valid_after_utc == _load(short_ca.cert).not_valid_after_utc
 
 
+def test_validity_is_checked_as_tls_checks_it_with_no_extra_tolerance(ca: CA) -> None:
+    cert = _load(create_node_certificate(ca.cert, ca.key, 1, days=5)[0])
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    second = datetime.timedelta(seconds=1)
+    for now in (start, start + second, end - second, end):  # both ends are inclusive
+        check_validity(cert, now=now)
+    with pytest.raises(ValidityError) as early:
+        check_validity(cert, now=start - second)
+    assert not early.value.expired
+    assert str(early.value) == (
+        f"certificate is not valid yet (not before {start:%Y-%m-%d %H:%M:%S} UTC, "
+        f"not after {end:%Y-%m-%d %H:%M:%S} UTC, now {start - second:%Y-%m-%d %H:%M:%S} UTC)"
+    )
+    with pytest.raises(ValidityError, match=r"^certificate expired \(not before ") as late:
+        check_validity(cert, now=end + second)
+    assert late.value.expired and late.value.now == end + second
+    # Any timezone is accepted and shown in UTC; a naive datetime is refused, not guessed at.
+    plus_two = datetime.timezone(datetime.timedelta(hours=2))
+    with pytest.raises(ValidityError, match=f"now {end + second:%Y-%m-%d %H:%M:%S} UTC"):
+        check_validity(cert, now=(end + second).astimezone(plus_two))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        check_validity(cert, now=datetime.datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="not an X.509 certificate"):
+        check_validity(b"garbage")
+
+
+def test_issuance_backdating_covers_a_clock_up_to_clock_skew_behind(ca: CA) -> None:
+    # A node whose clock runs behind the issuing machine's by less than CLOCK_SKEW accepts a
+    # certificate issued a moment ago; one further behind is refused, naming the dates.
+    issued_at = datetime.datetime.now(datetime.UTC)
+    cert = create_node_certificate(ca.cert, ca.key, 1)[0]
+    check_validity(cert)
+    check_validity(cert, now=issued_at - CLOCK_SKEW + datetime.timedelta(seconds=2))
+    with pytest.raises(ValidityError):
+        check_validity(cert, now=issued_at - CLOCK_SKEW - datetime.timedelta(seconds=2))
+
+
 def test_each_node_certificate_has_its_own_key(ca: CA) -> None:
     (cert_a, key_a), (_, key_b) = (create_node_certificate(ca.cert, ca.key, 1) for _ in range(2))
     assert key_a != key_b
@@ -300,7 +341,7 @@ def _context(server: bool, cert: Path, key: Path, ca_pem: bytes) -> ssl.SSLConte
 def _files(tmp_path: Path, name: str, cert: bytes, key: bytes) -> tuple[Path, Path]:
     cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
     cert_path.write_bytes(cert)
-    key_path.write_bytes(key)
+    write_key(key_path, key)
     return cert_path, key_path
 
 

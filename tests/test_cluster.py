@@ -15,7 +15,7 @@ import reign
 from reign._core import codec as _codec
 from reign._core import frames as _wire
 
-from cluster_util import CA, drain, listen_address, make_cluster, raw_peer, wait_connected, wait_for
+from cluster_util import CA, drain, listen_address, make_cluster, raw_peer, wait_connected, wait_for, write_key
 
 
 @reign.register_type(name="test.Chat")
@@ -265,8 +265,8 @@ async def test_foreign_ca_node_never_comes_up(tmp_path: Path) -> None:
 async def test_certificate_of_another_node_is_rejected(tmp_path: Path) -> None:
     spec = make_cluster(tmp_path, [1, 2, 3])
     # node 2 uses node 3's certificate and key
-    for ext in ("crt", "key"):
-        (tmp_path / f"reign_node.2.{ext}").write_bytes((tmp_path / f"reign_node.3.{ext}").read_bytes())
+    (tmp_path / "reign_node.2.crt").write_bytes((tmp_path / "reign_node.3.crt").read_bytes())
+    write_key(tmp_path / "reign_node.2.key", (tmp_path / "reign_node.3.key").read_bytes())
     data = reign.ClusterSpec.load(spec)
     with pytest.raises(reign.ClusterSpecError, match="node 3"):
         reign.create_from_spec(data, 2)  # caught locally before anything is sent

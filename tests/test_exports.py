@@ -75,4 +75,6 @@ def test_errors_share_one_base() -> None:
 
 def test_version_and_testing_helpers() -> None:
     assert reign.__version__.count(".") == 2
-    assert sorted(reign.testing.__all__) == ["CA", "free_ports", "make_cluster", "wait_until", "write_spec"]
+    assert sorted(reign.testing.__all__) == [
+        "CA", "free_ports", "make_cluster", "wait_until", "write_key", "write_spec"
+    ]

@@ -53,7 +53,7 @@ from reign._errors import DecodeError, ProtocolError
 from reign._runtime import cluster as _cluster
 from reign._runtime import connection as _connection
 
-from cluster_util import CA, listen_address, make_cluster, wait_connected, wait_for, write_spec
+from cluster_util import CA, listen_address, make_cluster, wait_connected, wait_for, write_key, write_spec
 from fault_util import Fleet
 from wire_util import handshake
 
@@ -123,11 +123,17 @@ async def test_expired_certificates_are_refused_both_ways(tmp_path: Path) -> Non
     for node_id in (1, 3):  # nodes 1 (dials node 2) and 3 (dialled by node 2) are expired
         cert, key = expired_certificate(ca, node_id)
         (tmp_path / f"reign_node.{node_id}.crt").write_bytes(cert)
-        (tmp_path / f"reign_node.{node_id}.key").write_bytes(key)
+        write_key(tmp_path / f"reign_node.{node_id}.key", key)
+    data = reign.ClusterSpec.load(spec)
+    for node_id in (1, 3):  # refused locally at start-up, naming the dates...
+        with pytest.raises(reign.ClusterSpecError, match=r"node_cert_path .*certificate expired"):
+            reign.create_from_spec(data, node_id)
+    # ...so forced past the local check, as a peer that skips it would be.
+    n1, n3 = (reign.Node(i, data, credentials=data.load_credentials(i, verify=False)) for i in (1, 3))
     with capture_logs() as logs:
         async with reign.create_from_spec_file(spec, 2) as n2:
             port = listen_address(n2)[1]
-            async with reign.create_from_spec_file(spec, 1), reign.create_from_spec_file(spec, 3):
+            async with n1, n3:
                 await asyncio.sleep(1.5)
                 peers = n2.statistics().peers
                 assert peers[1].connects == peers[3].connects == 0
@@ -157,7 +163,7 @@ async def test_tls_1_2_and_older_are_refused(tmp_path: Path, version: str) -> No
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=ca.decode())
     (tmp_path / "client.crt").write_bytes(cert)
-    (tmp_path / "client.key").write_bytes(key)
+    write_key(tmp_path / "client.key", key)
     ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
     if version != "TLSv1_2":
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this OpenSSL offer the old versions at all

@@ -324,6 +324,77 @@ def test_garbage_ca_is_an_error(tmp_path: Path, initialized: Path) -> None:
     assert "not an X.509 certificate" in fails(cwd=tmp_path, process=False)
 
 
+# --------------------------------------------------------------------------- loose key permissions
+# Only the mode bits count (CI runs as root, which could read any file): reign_init never reuses
+# a key with a group/other bit set, and never chmods or rewrites it.
+
+
+@pytest.mark.parametrize("loose", [0o644, 0o640, 0o604, 0o660, 0o701], ids=lambda m: f"{m:04o}")
+def test_ca_key_readable_by_others_is_refused_and_left_untouched(
+    tmp_path: Path, initialized: Path, loose: int
+) -> None:
+    certs = initialized
+    key = certs / "reign_ca.key"
+    key.chmod(loose)
+    before = snapshot(certs)
+    # 0644, the case the issue reports, as a real process; the other modes in-process.
+    line = fails("--nodes", "3", cwd=tmp_path, process=loose == 0o644)
+    shown = Path("certs") / "reign_ca.key"
+    assert line.startswith(f"reign_init: {shown}: private key is "), line
+    assert f"by group/others (mode {loose:04o}); chmod 600 {shown} and run again" in line
+    assert "make a new CA with --force" in line
+    assert mode(key) == loose  # not loosened, not tightened: untouched
+    assert snapshot(certs) == before  # nothing written, not even node 3
+
+
+def test_node_key_readable_by_others_is_refused_too(tmp_path: Path, initialized: Path) -> None:
+    # A node would refuse to start with it, so reusing it would only defer the failure.
+    certs = initialized
+    (certs / "reign_node.2.key").chmod(0o644)
+    before = snapshot(certs)
+    line = fails("--nodes", "3", cwd=tmp_path, process=False)
+    shown = Path("certs") / "reign_node.2.key"
+    assert f"reign_init: {shown}: private key is readable by group/others (mode 0644)" in line
+    assert f"chmod 600 {shown} and run again" in line
+    assert f"delete {shown} and {Path('certs') / 'reign_node.2.crt'}" in line
+    assert mode(certs / "reign_node.2.key") == 0o644
+    assert snapshot(certs) == before
+
+
+def test_the_chmod_in_the_message_can_be_pasted_into_a_shell(tmp_path: Path) -> None:
+    ok("--dir", "my certs", "--nodes", "1", cwd=tmp_path, process=False)
+    (tmp_path / "my certs" / "reign_ca.key").chmod(0o644)
+    line = fails("--dir", "my certs", "--nodes", "1", cwd=tmp_path, process=False)
+    shown = Path("my certs") / "reign_ca.key"
+    assert f"chmod 600 '{shown}' and run again" in line
+    subprocess.run(["sh", "-c", line.split("; ")[1].split(" and run again")[0]], cwd=tmp_path, check=True)
+    assert mode(tmp_path / shown) == 0o600
+    ok("--dir", "my certs", "--nodes", "1", cwd=tmp_path, process=False)
+
+
+def test_keys_owner_only_are_reused(tmp_path: Path, initialized: Path) -> None:
+    certs = initialized
+    (certs / "reign_ca.key").chmod(0o400)
+    (certs / "reign_node.1.key").chmod(0o400)
+    before = snapshot(certs)
+    out = ok("--nodes", "1", cwd=tmp_path, process=False)
+    assert out[:2] == ["Using existing signing certificate", "Using existing certificate for node 1"]
+    assert snapshot(certs) == before
+    assert mode(certs / "reign_ca.key") == 0o400
+
+
+def test_force_replaces_a_loose_ca_key_with_a_new_private_one(
+    tmp_path: Path, initialized: Path
+) -> None:
+    certs = initialized
+    (certs / "reign_ca.key").chmod(0o644)
+    old = (certs / "reign_ca.key").read_bytes()
+    out = ok("--force", cwd=tmp_path, process=False)
+    assert out[0] == "Signing certificate created"
+    assert (certs / "reign_ca.key").read_bytes() != old
+    assert mode(certs / "reign_ca.key") == 0o600
+
+
 # --------------------------------------------------------------------------- bad input
 
 BAD_ARGUMENTS = [

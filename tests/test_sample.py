@@ -304,6 +304,19 @@ def test_a_missing_key_file_names_the_file_and_the_fix(certs: Path, tmp_path: Pa
     assert f"run reign_init first: reign_init --dir {partial} --nodes 2" in line
 
 
+def test_a_key_file_readable_by_others_names_the_file_and_the_fix(certs: Path, tmp_path: Path) -> None:
+    # What a user who copied the files with a umask of 022 sees: one line, before any network.
+    copied = tmp_path / "certs"
+    shutil.copytree(certs, copied)  # keeps the modes: 0600 keys
+    key = copied / "reign_node.1.key"
+    key.chmod(0o644)
+    line = fails("1", "--spec", str(copied / "cluster.json"))
+    assert line == (
+        f"reign_sample: cannot use node 1's certificates: node_key_path ({key}): private key is "
+        f"readable by group/others (mode 0644); chmod 600 {key}"
+    )
+
+
 def test_a_node_id_not_in_the_spec(certs: Path) -> None:
     spec = spec_for(certs, [1, 2])
     line = fails("7", "--spec", str(spec))

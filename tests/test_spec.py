@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
-from reign._config.certs import create_ca, create_node_certificate
+import reign
+from reign._config.certs import CLOCK_SKEW, create_ca, create_node_certificate
+from reign._config.keyfiles import MAX_CREDENTIAL_BYTES
 from reign._config.spec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_NET_TICKTIME,
@@ -22,6 +27,7 @@ from reign._config.spec import (
     NodeSpec,
 )
 from reign._errors import ClusterSpecError
+from reign.testing import write_key
 
 BASE: dict[str, Any] = {
     "nodes": [{"id": 1, "address": "127.0.0.1:20000"}, {"id": 2, "address": "127.0.0.1:20001"}],
@@ -70,7 +76,7 @@ def _write_pki(folder: Path, pki: dict[str, bytes]) -> None:
     (folder / "reign_ca.crt").write_bytes(pki["ca"])
     for n in (1, 2):
         (folder / f"reign_node.{n}.crt").write_bytes(pki[f"cert{n}"])
-        (folder / f"reign_node.{n}.key").write_bytes(pki[f"key{n}"])
+        write_key(folder / f"reign_node.{n}.key", pki[f"key{n}"])  # 0600, as reign_init
 
 
 # --------------------------------------------------------------------------- valid specs
@@ -441,7 +447,11 @@ def test_load_credentials_rejects_non_pem(
     tmp_path: Path, pki: dict[str, bytes], file: str, content: bytes | str, field: str
 ) -> None:
     _write_pki(tmp_path, pki)
-    (tmp_path / file).write_bytes(pki[content] if isinstance(content, str) else content)
+    data = pki[content] if isinstance(content, str) else content
+    if file.endswith(".key"):
+        write_key(tmp_path / file, data)
+    else:
+        (tmp_path / file).write_bytes(data)
     with pytest.raises(
         ClusterSpecError, match=rf"^{field} \({re.escape(str(tmp_path / file))}\): not a PEM"
     ):
@@ -456,7 +466,7 @@ def test_load_credentials_rejects_encrypted_key(tmp_path: Path, pki: dict[str, b
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret"),
     )
-    (tmp_path / "reign_node.1.key").write_bytes(encrypted)
+    write_key(tmp_path / "reign_node.1.key", encrypted)
     with pytest.raises(ClusterSpecError, match=r"^node_key_path .*encrypted"):
         ClusterSpec.from_dict(BASE, base_dir=tmp_path).load_credentials(1)
 
@@ -485,7 +495,7 @@ def test_load_credentials_verifies_that_they_fit(
 ) -> None:
     _write_pki(tmp_path, pki)
     (tmp_path / "reign_node.1.crt").write_bytes(pki[cert])
-    (tmp_path / "reign_node.1.key").write_bytes(pki[key])
+    write_key(tmp_path / "reign_node.1.key", pki[key])
     (tmp_path / "reign_ca.crt").write_bytes(pki[ca])
     spec = ClusterSpec.from_dict(BASE, base_dir=tmp_path)
     with pytest.raises(
@@ -506,3 +516,243 @@ def test_huge_integer_tuning_value_is_a_spec_error() -> None:
     }
     with pytest.raises(ClusterSpecError, match="net_ticktime"):
         ClusterSpec.from_dict(data)
+
+
+# --------------------------------------------------------------------------- key file modes
+# Only the mode bits count: CI runs as root, which can read any file whatever its mode.
+
+
+def _key_spec(tmp_path: Path, pki: dict[str, bytes], key_mode: int) -> ClusterSpec:
+    _write_pki(tmp_path, pki)
+    (tmp_path / "reign_node.1.key").chmod(key_mode)
+    return ClusterSpec.from_dict(BASE, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("loose", "access"),
+    [
+        (0o644, "readable"),  # what write_bytes makes under the usual umask 022
+        (0o640, "readable"),
+        (0o604, "readable"),
+        (0o620, "writable"),
+        (0o601, "accessible"),
+    ],
+    ids=lambda value: f"{value:04o}" if isinstance(value, int) else value,
+)
+def test_node_key_with_group_or_other_bits_is_refused_at_start_up(
+    tmp_path: Path, pki: dict[str, bytes], loose: int, access: str
+) -> None:
+    spec = _key_spec(tmp_path, pki, loose)
+    key = tmp_path / "reign_node.1.key"
+    with pytest.raises(ClusterSpecError) as info:
+        reign.create_from_spec(spec, 1)  # fails before anything listens or dials
+    assert str(info.value) == (
+        f"node_key_path ({key}): private key is {access} by group/others "
+        f"(mode {loose:04o}); chmod 600 {key}"
+    )
+    assert stat.S_IMODE(key.stat().st_mode) == loose  # reported, never changed
+    # verify=False skips what a peer re-checks, never this: no peer can protect our key.
+    with pytest.raises(ClusterSpecError, match=r"^node_key_path .*chmod 600"):
+        spec.load_credentials(1, verify=False)
+    spec.load_credentials(2)  # node 2's key (0600) is unaffected
+
+
+@pytest.mark.parametrize("private", [0o600, 0o400], ids=lambda m: f"{m:04o}")
+def test_node_key_private_to_its_owner_is_accepted(
+    tmp_path: Path, pki: dict[str, bytes], private: int
+) -> None:
+    spec = _key_spec(tmp_path, pki, private)
+    reign.create_from_spec(spec, 1)
+    assert spec.load_credentials(1)[1] == pki["key1"]
+
+
+def test_certificates_may_be_world_readable_and_inline_keys_have_no_mode(
+    tmp_path: Path, pki: dict[str, bytes]
+) -> None:
+    _write_pki(tmp_path, pki)
+    for name in ("reign_ca.crt", "reign_node.1.crt"):
+        (tmp_path / name).chmod(0o644)
+    (tmp_path / "reign_node.1.key").chmod(0o644)
+    # The inline key wins over the loose file, which is then never read.
+    spec = ClusterSpec.from_dict(_spec(node_key_pem=pki["key1"].decode()), base_dir=tmp_path)
+    assert spec.load_credentials(1) == (pki["cert1"], pki["key1"], pki["ca"])
+
+
+def test_key_path_naming_a_fifo_or_folder_fails_at_once(
+    tmp_path: Path, pki: dict[str, bytes]
+) -> None:
+    _write_pki(tmp_path, pki)
+    key = tmp_path / "reign_node.1.key"
+    key.unlink()
+    os.mkfifo(key, 0o600)  # opening it for reading would block until a writer came
+    spec = ClusterSpec.from_dict(BASE, base_dir=tmp_path)
+    where = rf"^node_key_path \({re.escape(str(key))}\): "
+    with pytest.raises(ClusterSpecError, match=where + "cannot read: not a regular file"):
+        spec.load_credentials(1)
+    key.unlink()
+    key.mkdir(mode=0o700)
+    with pytest.raises(ClusterSpecError, match=r"cannot read: not a regular file"):
+        spec.load_credentials(1)
+
+
+def test_credential_file_larger_than_the_bound_is_refused(
+    tmp_path: Path, pki: dict[str, bytes]
+) -> None:
+    _write_pki(tmp_path, pki)
+    with (tmp_path / "reign_ca.crt").open("ab") as handle:
+        handle.truncate(MAX_CREDENTIAL_BYTES + 1)
+    with pytest.raises(ClusterSpecError, match=r"^cluster_cert_path .*cannot read: .*than the 1048576"):
+        ClusterSpec.from_dict(BASE, base_dir=tmp_path).load_credentials(1)
+
+
+# --------------------------------------------------------------------------- validity dates
+# Certificates with chosen validity windows, made with cryptography: a real CA or node
+# certificate re-signed with other dates (same subject, key and extensions, so it still fits).
+
+_DAY = datetime.timedelta(days=1)
+
+
+def _redated(
+    cert_pem: bytes,
+    signer_key_pem: bytes,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> bytes:
+    """``cert_pem`` re-signed by ``signer_key_pem`` with validity ``not_before..not_after``."""
+    good = x509.load_pem_x509_certificate(cert_pem)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(good.subject)
+        .issuer_name(good.issuer)
+        .public_key(good.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    for ext in good.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    signer = serialization.load_pem_private_key(signer_key_pem, password=None)
+    cert = builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _utc(moment: datetime.datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+_NOW = r"now (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\)"
+
+
+def _dated_failure(
+    tmp_path: Path,
+    pki: dict[str, bytes],
+    which: str,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> tuple[str, bytes]:
+    """Write the pki with the CA (``which == "ca"``) or node 1's certificate re-dated; return
+    the message of ``create_from_spec`` for node 1 and the re-dated certificate."""
+    _write_pki(tmp_path, pki)
+    if which == "ca":
+        pem = _redated(pki["ca"], pki["ca_key"], not_before, not_after)
+        (tmp_path / "reign_ca.crt").write_bytes(pem)
+    else:
+        pem = _redated(pki["cert1"], pki["ca_key"], not_before, not_after)
+        (tmp_path / "reign_node.1.crt").write_bytes(pem)
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    spec = ClusterSpec.from_dict(BASE, base_dir=tmp_path)
+    with pytest.raises(ClusterSpecError) as info:
+        reign.create_from_spec(spec, 1)
+    message = str(info.value)
+    found = re.search(_NOW, message)
+    assert found is not None, message
+    now = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S")
+    now = now.replace(tzinfo=datetime.UTC)
+    assert before <= now <= datetime.datetime.now(datetime.UTC), message  # "now" is the real now
+    # verify=False hands the out-of-date material over (to test that peers refuse it).
+    assert pem in spec.load_credentials(1, verify=False)
+    return message, pem
+
+
+_EXPIRED, _NOT_YET = "certificate expired", "certificate is not valid yet"
+_RENEW_CA = "make a new CA and node certificates (reign_init --force does both)"
+_RENEW_NODE = (
+    "issue a new one from the cluster CA "
+    "(with reign_init: delete this certificate and its key, then run it again)"
+)
+_CLOCK = "check this machine's clock"
+_HOUR = datetime.timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("which", "start", "end", "state", "advice"),
+    [
+        ("ca", -30 * _DAY, -_DAY, _EXPIRED, _RENEW_CA),
+        ("ca", _DAY, 30 * _DAY, _NOT_YET, _CLOCK),
+        ("node", -30 * _DAY, -_DAY, _EXPIRED, _RENEW_NODE),
+        ("node", _HOUR, 30 * _DAY, _NOT_YET, _CLOCK),
+    ],
+    ids=["expired CA", "not-yet-valid CA", "expired node", "not-yet-valid node"],
+)
+def test_out_of_date_certificates_are_refused_at_start_up(
+    tmp_path: Path,
+    pki: dict[str, bytes],
+    which: str,
+    start: datetime.timedelta,
+    end: datetime.timedelta,
+    state: str,
+    advice: str,
+) -> None:
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    message, pem = _dated_failure(tmp_path, pki, which, now + start, now + end)
+    cert = x509.load_pem_x509_certificate(pem)
+    field, file = ("cluster_cert_path", "reign_ca.crt")
+    if which == "node":
+        field, file = ("node_cert_path", "reign_node.1.crt")
+    assert message.startswith(
+        f"{field} ({tmp_path / file}): {state} (not before {_utc(cert.not_valid_before_utc)}, "
+        f"not after {_utc(cert.not_valid_after_utc)}, now "
+    ), message
+    assert message.endswith(f" UTC); {advice}"), message
+
+
+def test_expired_ca_is_reported_before_the_node_certificate_it_outlived(
+    tmp_path: Path, pki: dict[str, bytes]
+) -> None:
+    # What a CA that ran out looks like: its node certificates (capped at its notAfter) too.
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    _write_pki(tmp_path, pki)
+    for name, pem in (("reign_ca.crt", pki["ca"]), ("reign_node.1.crt", pki["cert1"])):
+        (tmp_path / name).write_bytes(_redated(pem, pki["ca_key"], now - 30 * _DAY, now - _DAY))
+    with pytest.raises(ClusterSpecError, match=r"^cluster_cert_path .*expired .*reign_init --force"):
+        reign.create_from_spec(ClusterSpec.from_dict(BASE, base_dir=tmp_path), 1)
+
+
+def test_inline_out_of_date_certificate_names_the_inline_field(pki: dict[str, bytes]) -> None:
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    expired_ca = _redated(pki["ca"], pki["ca_key"], now - 30 * _DAY, now - _DAY)
+    data = _spec(
+        node_key_pem=pki["key1"].decode(),
+        node_cert_pem=pki["cert1"].decode(),
+        cluster_cert_pem=expired_ca.decode(),
+    )
+    with pytest.raises(ClusterSpecError, match=r"^cluster_cert_pem: certificate expired \(not before"):
+        reign.create_from_spec(data, 1)
+
+
+def test_a_freshly_issued_certificate_is_valid_at_once(tmp_path: Path) -> None:
+    # Issuance backdates notBefore by CLOCK_SKEW: a node started the moment its files are
+    # written, or on a machine whose clock is a little behind the issuer's, is not refused.
+    ca_cert, ca_key = create_ca()
+    cert, key = create_node_certificate(ca_cert, ca_key, 1)
+    spec = ClusterSpec.from_dict(
+        _spec(
+            node_key_pem=key.decode(),
+            node_cert_pem=cert.decode(),
+            cluster_cert_pem=ca_cert.decode(),
+        )
+    )
+    reign.create_from_spec(spec, 1)
+    issued = x509.load_pem_x509_certificate(cert).not_valid_before_utc
+    slack = datetime.timedelta(seconds=5)  # time taken since issuing
+    assert issued <= datetime.datetime.now(datetime.UTC) - CLOCK_SKEW + slack

@@ -1,8 +1,9 @@
 """Cluster certificates: a private CA and the node certificates it signs.
 
 Pure functions: PEM (or DER) bytes in, PEM bytes out. Nothing here touches the file system, the
-network or the clock beyond reading "now" when a certificate is issued; writing files is the job
-of the ``reign_init`` command line tool, loading them the job of :mod:`reign._spec`.
+network or the clock beyond reading "now" when a certificate is issued or its dates are checked
+without an explicit time; writing files is the job of the ``reign_init`` command line tool,
+loading them the job of :mod:`reign._config.spec` (file modes: :mod:`reign._config.keyfiles`).
 
 Node identity (this is the one place it is defined)
 ---------------------------------------------------
@@ -38,6 +39,11 @@ Invariants of what this module issues:
   authority key identifier taken from the CA.
 * Every certificate's validity starts :data:`CLOCK_SKEW` in the past, and a node certificate never
   outlives the CA that signed it.
+
+Validity dates are checked by :func:`check_validity` exactly as a TLS peer checks them
+(``notBefore <= now <= notAfter``, no extra tolerance): the backdating above is the whole
+allowance for clocks running behind the issuer's, so a certificate accepted here is one a peer
+with a correct clock accepts too, and one refused here would be refused at every handshake.
 * Serial numbers are 159 random bits (positive, below 2**159, as RFC 5280 allows 20 octets).
 """
 
@@ -70,9 +76,11 @@ __all__ = [
     "DEFAULT_ORGANIZATION",
     "MAX_DAYS",
     "NODE_URI_PREFIX",
+    "ValidityError",
     "check_ca_credentials",
     "check_node_credentials",
     "check_organization",
+    "check_validity",
     "cluster_identity",
     "create_ca",
     "create_node_certificate",
@@ -220,7 +228,8 @@ def check_ca_credentials(ca_cert_pem: bytes, ca_key_pem: bytes) -> None:
     """Check that a CA certificate and key can sign node certificates.
 
     Guarantees on success: both parse, the key belongs to the certificate, the certificate says
-    ``CA:TRUE`` and the key type can sign. Validity dates are not checked here.
+    ``CA:TRUE`` and the key type can sign. Validity dates are not checked here (see
+    :func:`check_validity`).
     Raises :class:`ValueError` saying what is wrong otherwise.
     """
     _load_ca(ca_cert_pem, ca_key_pem)
@@ -486,7 +495,7 @@ def check_node_credentials(cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes) 
 
     Guarantees on success: the key belongs to the certificate, the certificate is signed directly
     by the CA (signature and issuer name), and it carries a valid node identity. Validity dates
-    are not checked (a TLS peer checks them at handshake time).
+    are not checked here (:func:`check_validity` does; a TLS peer checks them at handshake).
 
     Raises :class:`ValueError` for unparsable input, a mismatched key or a certificate the CA did
     not sign; :class:`HandshakeError` for a certificate without a valid node identity.
@@ -500,6 +509,52 @@ def check_node_credentials(cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes) 
     except (ValueError, TypeError, InvalidSignature):
         raise ValueError("the certificate was not issued by this cluster's CA") from None
     return node_id_from_certificate(certificate)
+
+
+class ValidityError(ValueError):
+    """A certificate outside its validity period. ``expired`` tells which side it is on.
+
+    The message names the three dates in UTC: ``certificate expired (not before ..., not after
+    ..., now ...)`` or ``certificate is not valid yet (...)``.
+    """
+
+    def __init__(
+        self,
+        not_before: datetime.datetime,
+        not_after: datetime.datetime,
+        now: datetime.datetime,
+    ) -> None:
+        self.not_before, self.not_after, self.now = not_before, not_after, now
+        self.expired = now > not_after
+        state = "expired" if self.expired else "is not valid yet"
+        super().__init__(
+            f"certificate {state} (not before {_utc(not_before)}, not after {_utc(not_after)}, "
+            f"now {_utc(now)})"
+        )
+
+
+def _utc(moment: datetime.datetime) -> str:
+    return f"{moment.astimezone(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def check_validity(
+    cert: bytes | x509.Certificate, *, now: datetime.datetime | None = None
+) -> None:
+    """Check that ``cert`` is within its validity period at ``now`` (default: the current time).
+
+    Valid means ``notBefore <= now <= notAfter``, the test OpenSSL applies at handshake, with no
+    tolerance beyond the :data:`CLOCK_SKEW` backdating issuance already applies. ``now`` must be
+    timezone-aware. Raises :class:`ValidityError` (a :class:`ValueError`) naming the dates when
+    it is not, :class:`ValueError` if ``cert`` is not a certificate or ``now`` is naive.
+    """
+    certificate = load_certificate(cert)
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    elif now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+    not_before, not_after = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    if not not_before <= now <= not_after:
+        raise ValidityError(not_before, not_after, now)
 
 
 def cluster_identity(ca_cert_pem: bytes) -> bytes:

@@ -28,7 +28,10 @@ into the JSON (``nodes[1].id: duplicate id 2``); :meth:`ClusterSpec.load` prefix
 
 Paths are resolved at use (:meth:`ClusterSpec.load_credentials`), relative to ``base_dir`` (the
 spec file's folder for :meth:`ClusterSpec.load`; the current directory when ``base_dir`` is None).
-No ``~`` or environment-variable expansion is done.
+No ``~`` or environment-variable expansion is done. Loading is where credentials are judged:
+a node key file that group or others may access, a certificate that does not fit, and a
+cluster or node certificate outside its validity dates are refused there, so
+``reign.create_from_spec`` fails before the node listens or dials.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 from .._core.ids import MAX_NODE_ID
 from .._errors import ClusterSpecError, HandshakeError
 from . import certs as _certs
+from . import keyfiles as _keyfiles
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -471,17 +475,27 @@ class ClusterSpec:
         """Read node ``node_id``'s TLS material: ``(cert_pem, key_pem, ca_pem)``.
 
         Inline ``*_pem`` fields win over paths. Each value is checked to be PEM of the right kind
-        (certificate or unencrypted private key). With ``verify`` (the default) it is also
-        checked that the key belongs to the certificate, that the cluster certificate signed it
-        and that it identifies node ``node_id``, so a misconfigured node fails here with a clear
-        message instead of at every handshake; pass ``verify=False`` only to build deliberately
-        mismatched nodes (tests of peer rejection).
+        (certificate or unencrypted private key), and a node key read from a file must not be
+        accessible to group or others (any bit of ``mode & 0o077``; see
+        :mod:`reign._config.keyfiles`; inline PEM has no mode). With ``verify`` (the default) it
+        is also checked that the key belongs to the certificate, that the cluster certificate
+        signed it and that it identifies node ``node_id``, then that the cluster certificate and
+        the node certificate are both within their validity dates now, so a misconfigured node
+        fails here with a clear message instead of at every handshake.
+
+        ``verify=False`` skips exactly the checks a peer repeats at handshake (the fit and the
+        dates): it exists to build deliberately mismatched or expired nodes for tests of peer
+        rejection. It never skips the key-file mode check, which protects this node's secret and
+        which no peer can make up for.
 
         Raises :class:`ClusterSpecError` naming the field (and the path, for files) for a node
-        id not in the spec, an unreadable file, text that is not the right PEM, or a failed check.
+        id not in the spec, an unreadable file, a key file with loose permissions (with the mode
+        and the ``chmod`` that fixes it), text that is not the right PEM, or a failed check (the
+        dates one names not-before, not-after and now, in UTC).
         """
         self.node(node_id)
         values: dict[str, bytes] = {}
+        wheres: dict[str, str] = {}
         for path_field, pem_field, kind in _CREDENTIALS:
             inline = getattr(self, pem_field)
             if inline is not None:
@@ -495,9 +509,14 @@ class ClusterSpec:
                 assert path is not None  # __post_init__ guarantees a path or inline PEM
                 where = f"{path_field} ({path})"
                 try:
-                    data = path.read_bytes()
+                    data, mode = _keyfiles.read_credential_file(path)
                 except OSError as exc:
                     raise _fail(where, f"cannot read: {_os_reason(exc)}") from None
+                if kind == "private key":
+                    try:
+                        _keyfiles.check_key_mode(path, mode)
+                    except _keyfiles.LooseKeyError as exc:
+                        raise _fail(where, str(exc)) from None
             try:
                 if kind == "certificate":
                     if not data.lstrip().startswith(b"-----BEGIN"):
@@ -508,23 +527,38 @@ class ClusterSpec:
             except ValueError as exc:
                 raise _fail(where, f"not a PEM {kind}: {exc}") from None
             values[pem_field] = data
+            wheres[pem_field] = where
         cert, key, ca = values["node_cert_pem"], values["node_key_pem"], values["cluster_cert_pem"]
         if verify:
-            self._verify_credentials(node_id, cert, key, ca)
+            cert_where = wheres["node_cert_pem"]
+            try:
+                found = _certs.check_node_credentials(cert, key, ca)
+            except (ValueError, HandshakeError) as exc:
+                raise _fail(cert_where, str(exc)) from None
+            if found != node_id:
+                raise _fail(cert_where, f"certificate identifies node {found}, not node {node_id}")
+            # The CA first: when it has expired, the node certificate (never issued to outlive
+            # it) usually has too, and a new CA is the fix for both.
+            _check_dates(wheres["cluster_cert_pem"], ca, _CA_RENEWAL)
+            _check_dates(cert_where, cert, _NODE_RENEWAL)
         return cert, key, ca
 
-    def _verify_credentials(self, node_id: int, cert: bytes, key: bytes, ca: bytes) -> None:
-        cert_where = (
-            "node_cert_pem"
-            if self.node_cert_pem is not None
-            else (f"node_cert_path ({self.credential_path('node_cert_path', node_id)})")
-        )
-        try:
-            found = _certs.check_node_credentials(cert, key, ca)
-        except (ValueError, HandshakeError) as exc:
-            raise _fail(cert_where, str(exc)) from None
-        if found != node_id:
-            raise _fail(cert_where, f"certificate identifies node {found}, not node {node_id}")
+
+# What to do about an expired certificate, appended to the dates. reign_init reuses an existing
+# CA and node files and only issues what is missing (see its module docstring).
+_CA_RENEWAL = "make a new CA and node certificates (reign_init --force does both)"
+_NODE_RENEWAL = (
+    "issue a new one from the cluster CA (with reign_init: delete this certificate and its key, "
+    "then run it again)"
+)
+_CLOCK_HINT = "check this machine's clock"
+
+
+def _check_dates(where: str, pem: bytes, renewal: str) -> None:
+    try:
+        _certs.check_validity(pem)
+    except _certs.ValidityError as exc:
+        raise _fail(where, f"{exc}; {renewal if exc.expired else _CLOCK_HINT}") from None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
