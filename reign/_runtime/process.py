@@ -71,7 +71,7 @@ async def _run(mbox: Mailbox, fn: ProcessFunction, args: tuple[Any, ...]) -> Non
         mbox.terminate(NORMAL, cancel_task=False)
 
 
-def exit(address: Address, reason: Any) -> None:  # noqa: A001 - Erlang's name, as the contract has it
+def exit(address: Address, reason: Any) -> None:
     """Send ``address`` an exit signal with ``reason`` (Erlang's ``exit(Pid, Reason)``).
 
     From any thread, to a mailbox on any node. A target that does not trap exits ends with
