@@ -18,12 +18,24 @@ __version__ = "0.2.0"
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "Address": "reign._core.address",
+    "call": "reign._otp.gen_server",
+    "Caller": "reign._otp.gen_server",
+    "CallTimeout": "reign._errors",
     "CantGloballyRegisterError": "reign._errors",
+    "cast": "reign._otp.gen_server",
+    "ChildSpec": "reign._otp.supervisor",
     "ClusterSpec": "reign._config.spec",
     "ClusterSpecError": "reign._errors",
+    "Crash": "reign._core.messages",
+    "create_from_spec": "reign._runtime.node",
+    "create_from_spec_file": "reign._runtime.node",
     "DecodeError": "reign._errors",
     "Empty": "reign._errors",
     "EncodeError": "reign._errors",
+    "Exit": "reign._core.messages",
+    "exit": "reign._runtime.process",
+    "Failure": "reign._errors",
+    "GenServer": "reign._otp.gen_server",
     "HandshakeError": "reign._errors",
     "IllegalAddressFormatError": "reign._errors",
     "Mailbox": "reign._runtime.mailbox",
@@ -32,27 +44,45 @@ _EXPORTS: dict[str, str] = {
     "MailboxID": "reign._core.ids",
     "MultipleClaim": "reign._core.messages",
     "Names": "reign._runtime.names",
+    "no_clustering": "reign._runtime.node",
     "Node": "reign._runtime.node",
     "NodeSpec": "reign._config.spec",
     "NodeStatistics": "reign._runtime.node",
+    "NOREPLY": "reign._otp.gen_server",
     "PeerStatistics": "reign._runtime.peer",
     "ProtocolError": "reign._errors",
-    "ReignError": "reign._errors",
-    "create_from_spec": "reign._runtime.node",
-    "create_from_spec_file": "reign._runtime.node",
-    "no_clustering": "reign._runtime.node",
     "register_type": "reign._core.codec.types",
+    "RegistrationError": "reign._errors",
+    "ReignError": "reign._errors",
     "run": "reign._runtime.node",
+    "SelfCallError": "reign._errors",
+    "send_after": "reign._otp.timers",
+    "ServerExited": "reign._errors",
+    "stop": "reign._otp.gen_server",
+    "Supervisor": "reign._otp.supervisor",
+    "Timer": "reign._otp.timers",
 }
 
 __all__ = [
     "Address",
+    "call",
+    "Caller",
+    "CallTimeout",
     "CantGloballyRegisterError",
+    "cast",
+    "ChildSpec",
     "ClusterSpec",
     "ClusterSpecError",
+    "Crash",
+    "create_from_spec",
+    "create_from_spec_file",
     "DecodeError",
     "Empty",
     "EncodeError",
+    "Exit",
+    "exit",
+    "Failure",
+    "GenServer",
     "HandshakeError",
     "IllegalAddressFormatError",
     "Mailbox",
@@ -61,17 +91,23 @@ __all__ = [
     "MailboxID",
     "MultipleClaim",
     "Names",
+    "no_clustering",
     "Node",
     "NodeSpec",
     "NodeStatistics",
+    "NOREPLY",
     "PeerStatistics",
     "ProtocolError",
-    "ReignError",
-    "create_from_spec",
-    "create_from_spec_file",
-    "no_clustering",
     "register_type",
+    "RegistrationError",
+    "ReignError",
     "run",
+    "SelfCallError",
+    "send_after",
+    "ServerExited",
+    "stop",
+    "Supervisor",
+    "Timer",
 ]
 
 
@@ -105,10 +141,19 @@ if TYPE_CHECKING:
         MailboxID as MailboxID,
     )
     from ._core.messages import (
+        Crash as Crash,
+    )
+    from ._core.messages import (
+        Exit as Exit,
+    )
+    from ._core.messages import (
         MailboxClosed as MailboxClosed,
     )
     from ._core.messages import (
         MultipleClaim as MultipleClaim,
+    )
+    from ._errors import (
+        CallTimeout as CallTimeout,
     )
     from ._errors import (
         CantGloballyRegisterError as CantGloballyRegisterError,
@@ -126,6 +171,9 @@ if TYPE_CHECKING:
         EncodeError as EncodeError,
     )
     from ._errors import (
+        Failure as Failure,
+    )
+    from ._errors import (
         HandshakeError as HandshakeError,
     )
     from ._errors import (
@@ -138,7 +186,46 @@ if TYPE_CHECKING:
         ProtocolError as ProtocolError,
     )
     from ._errors import (
+        RegistrationError as RegistrationError,
+    )
+    from ._errors import (
         ReignError as ReignError,
+    )
+    from ._errors import (
+        SelfCallError as SelfCallError,
+    )
+    from ._errors import (
+        ServerExited as ServerExited,
+    )
+    from ._otp.gen_server import (
+        NOREPLY as NOREPLY,
+    )
+    from ._otp.gen_server import (
+        Caller as Caller,
+    )
+    from ._otp.gen_server import (
+        GenServer as GenServer,
+    )
+    from ._otp.gen_server import (
+        call as call,
+    )
+    from ._otp.gen_server import (
+        cast as cast,
+    )
+    from ._otp.gen_server import (
+        stop as stop,
+    )
+    from ._otp.supervisor import (
+        ChildSpec as ChildSpec,
+    )
+    from ._otp.supervisor import (
+        Supervisor as Supervisor,
+    )
+    from ._otp.timers import (
+        Timer as Timer,
+    )
+    from ._otp.timers import (
+        send_after as send_after,
     )
     from ._runtime.mailbox import (
         Mailbox as Mailbox,
@@ -166,4 +253,7 @@ if TYPE_CHECKING:
     )
     from ._runtime.peer import (
         PeerStatistics as PeerStatistics,
+    )
+    from ._runtime.process import (
+        exit as exit,
     )

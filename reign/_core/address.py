@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from .ids import MailboxID
 
-__all__ = ["Address", "Router", "LocalTarget", "detach_local", "system_message"]
+__all__ = ["Address", "Router", "LocalTarget", "detach_local", "system_message", "is_system_message"]
 
 _T = TypeVar("_T")
 
@@ -156,3 +156,8 @@ def system_message(cls: type[_T]) -> type[_T]:
     """Class decorator: ``Address.send`` refuses instances of ``cls`` (runtime notices)."""
     _SYSTEM_TYPES.add(cls)
     return cls
+
+
+def is_system_message(msg: object) -> bool:
+    """Whether ``msg`` is one of the runtime's notices (which ``Address.send`` refuses)."""
+    return type(msg) in _SYSTEM_TYPES
