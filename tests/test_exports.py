@@ -13,12 +13,24 @@ import reign.testing
 
 PUBLIC = [
     "Address",
+    "call",
+    "Caller",
+    "CallTimeout",
     "CantGloballyRegisterError",
+    "cast",
+    "ChildSpec",
     "ClusterSpec",
     "ClusterSpecError",
+    "Crash",
+    "create_from_spec",
+    "create_from_spec_file",
     "DecodeError",
     "Empty",
     "EncodeError",
+    "Exit",
+    "exit",
+    "Failure",
+    "GenServer",
     "HandshakeError",
     "IllegalAddressFormatError",
     "Mailbox",
@@ -27,17 +39,23 @@ PUBLIC = [
     "MailboxID",
     "MultipleClaim",
     "Names",
+    "no_clustering",
     "Node",
     "NodeSpec",
     "NodeStatistics",
+    "NOREPLY",
     "PeerStatistics",
     "ProtocolError",
-    "ReignError",
-    "create_from_spec",
-    "create_from_spec_file",
-    "no_clustering",
     "register_type",
+    "RegistrationError",
+    "ReignError",
     "run",
+    "SelfCallError",
+    "send_after",
+    "ServerExited",
+    "stop",
+    "Supervisor",
+    "Timer",
 ]
 
 
@@ -69,7 +87,7 @@ def test_unknown_names_raise_attribute_error() -> None:
 
 
 def test_errors_share_one_base() -> None:
-    errors = [getattr(reign, n) for n in PUBLIC if n.endswith("Error") or n == "Empty"]
+    errors = [getattr(reign, n) for n in PUBLIC if n.endswith("Error") or n in ("Empty", "Failure", "CallTimeout", "ServerExited")]
     assert all(issubclass(e, reign.ReignError) for e in errors)
 
 

@@ -38,12 +38,11 @@ Erlang.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from typing import cast as _cast
 
 from .._core.address import Address
 from .._core.codec.types import register_type
@@ -105,8 +104,13 @@ NOREPLY = _NoReply()
 # ------------------------------------------------------------------------------ messages
 
 
+# The protocol's records are plain slotted dataclasses, not frozen ones: a frozen dataclass sets
+# each field through object.__setattr__, ~3x the cost, and a call makes three of them. Nothing
+# mutates them after construction.
+
+
 @register_type(name="reign.gen_server.Call")
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """A call request: answer ``Reply(tag, value)`` to ``reply_to``."""
 
@@ -116,7 +120,7 @@ class Call:
 
 
 @register_type(name="reign.gen_server.Cast")
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cast:
     """A cast: no answer."""
 
@@ -124,7 +128,7 @@ class Cast:
 
 
 @register_type(name="reign.gen_server.Reply")
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """The answer to the call tagged ``tag``; a :class:`~reign.Failure` value is raised at the caller."""
 
@@ -133,7 +137,7 @@ class Reply:
 
 
 @register_type(name="reign.gen_server.Stop")
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StopRequest:
     """``reign.stop``: run ``terminate(reason)`` and exit with ``reason``."""
 
@@ -141,14 +145,22 @@ class StopRequest:
 
 
 @register_type(name="reign.gen_server.Caller")
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Caller:
     """Who made a call (Erlang's ``From``): ``handle_call`` gets one, and may keep it to answer
-    later with :meth:`reply` (after returning :data:`NOREPLY`). Hashable, and may be sent to
-    another process, which can answer in the server's place."""
+    later with :meth:`reply` (after returning :data:`NOREPLY`). Hashable and comparable (by
+    both fields), and may be sent to another process, which can answer in the server's place."""
 
     reply_to: Address
     tag: int
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Caller:
+            return NotImplemented
+        return self.tag == other.tag and self.reply_to == other.reply_to
+
+    def __hash__(self) -> int:
+        return hash((self.reply_to, self.tag))
 
     def reply(self, value: Any) -> bool:
         """Answer the call with ``value`` (a :class:`~reign.Failure` is raised at the caller).
@@ -252,8 +264,10 @@ class GenServer:
         loop = node.binding.require_loop_thread(f"{cls.__qualname__}.start()")
         started: asyncio.Future[None] = loop.create_future()
         parent = link.id if link is not None else None
+        server = cls()
         address, mbox, task = node.spawn_process(
-            cls._reign_process, (node, args, kwargs, name, global_name, parent, started), link=link
+            functools.partial(cls._reign_serve, server), (node, args, kwargs, name, global_name, parent, started),
+            link=link,
         )
 
         def ended(_: asyncio.Task[None]) -> None:
@@ -261,25 +275,13 @@ class GenServer:
                 started.set_exception(ServerExited(mbox.reason, address))
 
         task.add_done_callback(ended)
-        await started
+        try:
+            await started
+        finally:
+            task.remove_done_callback(ended)  # an idle server keeps nothing of its start
         return address
 
     # --------------------------------------------------------------------- the server process
-
-    @classmethod
-    async def _reign_process(
-        cls,
-        mbox: Mailbox,
-        node: Node,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        name: str | None,
-        global_name: str | None,
-        parent: MailboxID | None,
-        started: asyncio.Future[None],
-    ) -> None:
-        """The server process: a fresh instance registers, runs ``init``, then serves."""
-        await cls._reign_serve(cls(), mbox, node, args, kwargs, name, global_name, parent, started)
 
     async def _reign_serve(
         self,
@@ -290,12 +292,15 @@ class GenServer:
         name: str | None,
         global_name: str | None,
         parent: MailboxID | None,
-        started: asyncio.Future[None],
+        started: asyncio.Future[None] | None,
     ) -> None:
+        """The server process (one coroutine: each frame an idle server keeps costs memory):
+        register, run ``init``, then serve messages until a stop or a crash."""
         self._reign_mailbox = mbox
         self._reign_node = node
         self._reign_parent = parent
         self._reign_stop = None
+        assert started is not None
         try:
             if name is not None:
                 node.register(name, mbox.address)
@@ -309,19 +314,13 @@ class GenServer:
             mbox.terminate(Crash.from_exception(exc), cancel_task=False)
             return
         started.set_result(None)
-        reason = await self._reign_loop()
-        mbox.terminate(reason, cancel_task=False)
-
-    async def _reign_loop(self) -> Any:
-        """Serve messages until a stop; returns the exit reason (after ``terminate`` ran)."""
-        mbox = self._reign_mailbox
-        parent = self._reign_parent
+        started = args = kwargs = None  # type: ignore[assignment]  # nothing of the start stays alive
         receive = mbox.receive
         while True:
             try:
                 msg = await receive()
             except MailboxClosedError:  # closed under us (node stop): the mailbox's reason stands
-                return mbox.reason
+                return
             kind = type(msg)
             try:
                 if kind is Call:
@@ -346,14 +345,16 @@ class GenServer:
                     except Failure as failure:
                         _log.warning("gen_server.info_failed", server=str(mbox.id), failure=repr(failure)[:200])
             except Exception as exc:
-                reason = Crash.from_exception(exc)
+                reason: Any = Crash.from_exception(exc)
                 _log.error("gen_server.crashed", server=str(mbox.id), error=reason.type, reason=reason.message)
                 await self._reign_terminate(reason)
-                return reason
+                mbox.terminate(reason, cancel_task=False)
+                return
             stop = self._reign_stop
             if stop is not None:
                 await self._reign_terminate(stop[0])
-                return stop[0]
+                mbox.terminate(stop[0], cancel_task=False)
+                return
 
     async def _reign_terminate(self, reason: Any) -> None:
         try:
@@ -366,37 +367,117 @@ class GenServer:
 # ------------------------------------------------------------------------------ call, cast, stop
 
 
-class _Endpoint:
-    """The reply channel of one task on one node (see the module header)."""
+class _Endpoint(Mailbox):
+    """The reply channel of one task on one node (see the module header): a mailbox that
+    queues nothing. The answer the current call waits for (its reply, or the end of its server)
+    goes straight to the call's future; anything else is a late reply of a call that gave up,
+    or the end of a server no call waits on (then the watch is over), and is dropped.
 
-    __slots__ = ("mbox", "address", "watching")
+    Timeouts use one timer per endpoint, re-armed only when it fires early (a loop of calls
+    pushes the deadline later and later), instead of one timer per call.
+    """
 
-    def __init__(self, node: Node) -> None:
-        self.address, self.mbox = node.new_mailbox()
+    __slots__ = ("pending", "watching", "loop", "deadline", "timer", "timer_at")
+
+    def __init__(self, host: Any, mailbox_id: MailboxID) -> None:
+        super().__init__(host, mailbox_id)
+        #: (future, tag, server id) of the call waiting, if any
+        self.pending: tuple[asyncio.Future[Any], int, MailboxID] | None = None
         self.watching: MailboxID | None = None
+        self.loop: asyncio.AbstractEventLoop = host.binding.bind()
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+    def deliver(self, msg: Any) -> None:
+        pending = self.pending
+        kind = type(msg)
+        if kind is MailboxClosed and msg.id == self.watching:
+            self.watching = None  # the watch is over: the next call to it watches again
+        if pending is not None and (
+            (kind is Reply and msg.tag == pending[1]) or (kind is MailboxClosed and msg.id == pending[2])
+        ):
+            self.pending = None
+            future = pending[0]
+            if not future.done():
+                future.set_result(msg)
+
+    def wait(self, tag: int, server: MailboxID, timeout: float | None) -> asyncio.Future[Any]:
+        """A future for the answer to the call ``tag`` to ``server``; TimeoutError after ``timeout``."""
+        future = self.loop.create_future()
+        self.pending = (future, tag, server)
+        if timeout is None:
+            self.deadline = None
+            return future
+        deadline = self.loop.time() + timeout
+        self.deadline = deadline
+        if self.timer is None or deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(deadline, self.expire)
+            self.timer_at = deadline
+        return future
+
+    def expire(self) -> None:
+        self.timer = None
+        pending, deadline = self.pending, self.deadline
+        if pending is None or deadline is None:
+            return
+        if self.loop.time() >= deadline:
+            self.pending = None
+            if not pending[0].done():
+                pending[0].set_exception(TimeoutError())
+        else:  # a later call moved the deadline: sleep until then
+            self.timer = self.loop.call_at(deadline, self.expire)
+            self.timer_at = deadline
+
+    def forget(self) -> None:
+        """The call gave up (cancelled): an answer arriving later is dropped."""
+        self.pending = None
+
+    def close(self, reason: Any = "normal") -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        super().close(reason)
 
 
-#: task -> node -> endpoint; entries go when their task ends (the endpoints are closed then).
-_ENDPOINTS: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[Node, _Endpoint]] = weakref.WeakKeyDictionary()
+#: task -> node -> endpoint; an entry goes (its endpoints closed) when its task ends.
+_ENDPOINTS: dict[asyncio.Task[Any], dict[Node, _Endpoint]] = {}
+#: The last (task, node, endpoint) used: a loop of calls in one task finds it without a lookup.
+_last: tuple[asyncio.Task[Any], Node, _Endpoint] | None = None
 _TAGS = itertools.count(1)
+_current_task = asyncio.current_task
 
 
 def _close_endpoints(task: asyncio.Task[Any]) -> None:
+    global _last
+    if _last is not None and _last[0] is task:
+        _last = None
     for endpoint in (_ENDPOINTS.pop(task, None) or {}).values():
-        endpoint.mbox.close()
+        endpoint.close()
 
 
 def _endpoint(node: Node) -> _Endpoint:
-    task = asyncio.current_task()
+    """The calling task's reply endpoint on ``node`` (created on first use)."""
+    global _last
+    loop = node.binding.loop
+    task = _current_task(loop) if loop is not None else None
+    cached = _last
+    if cached is not None and cached[0] is task and cached[1] is node and not cached[2].closed:
+        return cached[2]
+    loop = node.binding.require_loop_thread("reign.call")
+    task = _current_task(loop)
     if task is None:  # pragma: no cover - call is a coroutine, so it always runs in a task
-        raise RuntimeError("reign.call must run in a task")
+        raise RuntimeError("reign.call must run in a task of the node's loop")
     per_node = _ENDPOINTS.get(task)
     if per_node is None:
         per_node = _ENDPOINTS[task] = {}
         task.add_done_callback(_close_endpoints)
     endpoint = per_node.get(node)
-    if endpoint is None or endpoint.mbox.closed:
-        endpoint = per_node[node] = _Endpoint(node)
+    if endpoint is None or endpoint.closed:
+        endpoint = per_node[node] = node.create_mailbox(_Endpoint)
+    _last = (task, node, endpoint)
     return endpoint
 
 
@@ -410,67 +491,70 @@ def _node_of(server: Address, what: str) -> Node:
 
 
 def _watch(node: Node, endpoint: _Endpoint, server: MailboxID) -> None:
-    """Make ``endpoint`` watch ``server``: forget stale answers, move the monitor if needed."""
-    mbox = endpoint.mbox
-    while len(mbox):  # only late replies and the end of a server watched before
-        msg = mbox.receive_nowait()
-        if type(msg) is MailboxClosed and msg.id == endpoint.watching:
-            endpoint.watching = None  # that watch is over: a new one learns the truth
-    if endpoint.watching != server:
-        if endpoint.watching is not None:
-            node.demonitor_from(endpoint.watching, mbox)
-        endpoint.watching = server
-        node.monitor_from(server, mbox)
+    """Make ``endpoint`` watch ``server`` (moving its monitor from the server it watched)."""
+    watching = endpoint.watching
+    if watching is not None:
+        node.demonitor_from(watching, endpoint)
+    endpoint.watching = server
+    node.monitor_from(server, endpoint)
 
 
-async def _await_answer(
-    endpoint: _Endpoint, server: Address, accept: Callable[[Any], bool], timeout: float | None, what: str
+async def _ask(
+    node: Node, endpoint: _Endpoint, server: Address, tag: int, timeout: float | None, what: str,
+    send: Callable[[Any], object], msg: Any,
 ) -> Any:
-    """The first message on ``endpoint`` that ``accept`` takes; ServerExited if ``server``
-    ends first; CallTimeout after ``timeout``."""
-    mbox = endpoint.mbox
-    server_id = server.id
+    """Send ``msg`` with ``send`` and return the Reply tagged ``tag``; ServerExited if
+    ``server`` ends first (or is gone already); CallTimeout after ``timeout``.
+
+    The answer is awaited before the watch is made, so a watch that fires at once (the server
+    is gone, its node is lost) is the answer.
+    """
+    future = endpoint.wait(tag, server.id, timeout)
+    sid = server.id
+    watching = endpoint.watching
+    if watching is not sid and watching != sid:
+        _watch(node, endpoint, sid)
+    send(msg)  # if the server is gone, the watch says why
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                msg = await mbox.receive()
-                if accept(msg):
-                    return msg
-                if type(msg) is MailboxClosed and msg.id == server_id:
-                    endpoint.watching = None
-                    raise ServerExited(msg.reason, server)
+        msg = await future
     except TimeoutError:
         raise CallTimeout(f"{what} {server}: no answer within {timeout:g} s") from None
+    finally:
+        endpoint.forget()
+    if type(msg) is MailboxClosed:
+        raise ServerExited(msg.reason, server)
+    return msg
 
 
-async def call(server: Address, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
-    """Call the gen_server at ``server`` with ``request`` and return its reply.
+def call(server: Address, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Coroutine[Any, Any, Any]:
+    """Call the gen_server at ``server`` with ``request``; ``await`` it for the reply.
 
     Raises :class:`~reign.Failure` when the server answers with one, :class:`~reign.ServerExited`
     (with the server's exit reason) when it is gone or exits before replying,
     :class:`~reign.CallTimeout` after ``timeout`` seconds (None: wait as long as it lives),
     :class:`~reign.SelfCallError` when a process calls itself, :class:`~reign.EncodeError`
-    for a request that cannot reach the server's node.
+    for a request that cannot reach the server's node, ``TypeError`` for a non-Address.
     """
-    return await call_with(server, request, timeout, server.send)
+    if type(server) is not Address:
+        raise TypeError(f"call needs an Address, not {type(server).__name__}")
+    return call_with(server, request, timeout, server.send)
 
 
 async def call_with(
     server: Address, request: Any, timeout: float | None, send: Callable[[Call], object]
 ) -> Any:
     """:func:`call`, handing the request over with ``send`` (the supervisor gives a ChildSpec,
-    which holds code, straight to a mailbox of its node)."""
-    node = _node_of(server, "call")
+    which holds code, straight to a mailbox of its node). This is the hot path of every call."""
+    node = server.node
     me = current_process()
     if me is not None and me.id == server.id:
         raise SelfCallError(f"process {me.id} called itself: that could only deadlock")
-    node.binding.require_loop_thread("reign.call")
+    if not isinstance(node, Node):  # pragma: no cover - every Address is bound to a Node
+        raise TypeError(f"{server} is not bound to a reign node")
     endpoint = _endpoint(node)
-    _watch(node, endpoint, server.id)
     tag = next(_TAGS)
-    send(Call(request, endpoint.address, tag))  # if the server is gone, the monitor says why
-    reply = await _await_answer(endpoint, server, lambda m: type(m) is Reply and m.tag == tag, timeout, "call to")
-    value = _cast(Reply, reply).value
+    reply = await _ask(node, endpoint, server, tag, timeout, "call to", send, Call(request, endpoint.address, tag))
+    value = reply.value
     if isinstance(value, Failure):
         raise value
     return value
@@ -502,10 +586,8 @@ async def stop(server: Address, reason: Any = NORMAL, *, timeout: float | None =
     if type(reason) is not str:
         node.check_reason(reason)
     endpoint = _endpoint(node)
-    _watch(node, endpoint, server.id)
-    server.send(StopRequest(reason))
-    try:
-        await _await_answer(endpoint, server, lambda m: False, timeout, "stop of")
+    try:  # no reply has tag -1: only the end of the server answers
+        await _ask(node, endpoint, server, -1, timeout, "stop of", server.send, StopRequest(reason))
     except ServerExited as exited:
         if exited.reason == "noproc":
             raise

@@ -44,7 +44,7 @@ from .._errors import CallTimeout, Failure, ServerExited
 from .._runtime.log import get_logger
 from .._runtime.node import Node
 from .._runtime.process import exit as exit_signal
-from .gen_server import Caller, GenServer, _await_answer, _endpoint, _watch, call, call_with
+from .gen_server import Caller, GenServer, _ask, _endpoint, call, call_with
 
 __all__ = ["ChildSpec", "Supervisor", "STRATEGIES", "RESTARTS"]
 
@@ -388,32 +388,29 @@ class Supervisor(GenServer):
         mbox = self.mailbox
         mbox.unlink(address)
         node = self.node
-        endpoint = _endpoint(node)
-        _watch(node, endpoint, address.id)
         shutdown = child.spec.shutdown
         if shutdown == "brutal_kill":
-            exit_signal(address, KILL)
-            await _gone(endpoint, address, None)
+            await _end(node, address, KILL, None)
         else:
-            exit_signal(address, SHUTDOWN)
             timeout = None if shutdown == "infinity" else float(shutdown)  # type: ignore[arg-type]
-            if not await _gone(endpoint, address, timeout):
+            if not await _end(node, address, SHUTDOWN, timeout):
                 _log.warning("supervisor.child_killed", supervisor=str(self.address), child=repr(child.key)[:100],
                              shutdown=shutdown)
-                exit_signal(address, KILL)
-                await _gone(endpoint, address, None)
+                await _end(node, address, KILL, None)
         _drop_exit(mbox, address.id)
 
 
-async def _gone(endpoint: Any, address: Address, timeout: float | None) -> bool:
-    """Wait until ``address`` exited (True) or ``timeout`` passed (False)."""
+async def _end(node: Node, address: Address, reason: str, timeout: float | None) -> bool:
+    """Send ``address`` an exit signal with ``reason`` and wait until it exited (True) or
+    ``timeout`` passed (False)."""
+    endpoint = _endpoint(node)
     try:
-        await _await_answer(endpoint, address, lambda m: False, timeout, "shutdown of")
+        await _ask(node, endpoint, address, -1, timeout, "shutdown of", lambda _: exit_signal(address, reason), None)
     except ServerExited:
         return True
     except CallTimeout:
         return False
-    return True  # pragma: no cover - the predicate accepts nothing
+    return True  # pragma: no cover - no reply has tag -1
 
 
 def _drop_exit(mbox: Any, child: MailboxID) -> None:

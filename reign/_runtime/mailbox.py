@@ -120,7 +120,7 @@ class Mailbox:
         self.id = mailbox_id
         self.address: Address = Address(mailbox_id, host, self)
         self._queue: deque[Any] | None = None
-        self._waiters: deque[Any] | None = None
+        self._waiters: list[Any] | None = None  # a list: there is rarely more than one
         self._claims: list[_MatchWaiter] | None = None
         self._front_marker: _MatchWaiter | None = None
         self._closed = False
@@ -179,7 +179,7 @@ class Mailbox:
                     if self._offer_slow(msg):
                         return
                     break
-                waiters.popleft()
+                del waiters[0]
                 if not waiter.done():
                     waiter.set_result(msg)
                     return
@@ -291,7 +291,7 @@ class Mailbox:
         future = loop.create_future()
         waiters = self._waiters
         if waiters is None:
-            waiters = self._waiters = deque()
+            waiters = self._waiters = []
         waiters.append(future)
         timer = None if timeout is None else loop.call_later(timeout, _expire, future)
         try:
@@ -362,7 +362,7 @@ class Mailbox:
         assert future is not None
         waiters = self._waiters
         if waiters is None:
-            waiters = self._waiters = deque()
+            waiters = self._waiters = []
         waiters.append(waiter)
         timer = None if timeout is None else loop.call_later(timeout, _expire, future)
         try:

@@ -160,6 +160,7 @@ class Names:
         self._up: set[int] = set()
         self._sync_seq = itertools.count(1)
         self._syncs: dict[int, tuple[asyncio.Future[None], set[int]]] = {}
+        self._name_waiters: dict[str, list[asyncio.Future[None]]] = {}  # wait_for
         self._received: dict[int, int] = {}  # peer -> claims of its snapshot so far (for logs)
         self._log = _log.bind(node=node.id)
         self._handlers: dict[str, Callable[[int, list[Any]], None]] = {
@@ -286,6 +287,43 @@ class Names:
         """Loop thread: claim, unless the mailbox closed since ``register`` checked it."""
         if self._is_live(mbox_id):
             self._apply(self._state.register_local(name, mbox_id))
+            if self._name_waiters:
+                self._wake_waiters()
+
+    async def wait_for(self, name: str, *, timeout: float | None = None) -> Address:
+        """The claimant of ``name`` (as :meth:`lookup` gives it), once the name is visible here.
+
+        Returns at once if it is; otherwise when a registration here or from a peer makes it
+        visible (no polling). Raises :class:`TimeoutError` after ``timeout`` seconds,
+        :class:`reign.CantGloballyRegisterError` for something that cannot be a name, and
+        RuntimeError off the node's loop.
+        """
+        loop = self._node.binding.require_loop_thread("names.wait_for()")
+        name = _checked_name(name)
+        async with asyncio.timeout(timeout):
+            while True:
+                found = self.lookup(name)
+                if found is not None:
+                    return found
+                future: asyncio.Future[None] = loop.create_future()
+                waiters = self._name_waiters.setdefault(name, [])
+                waiters.append(future)
+                try:
+                    await future
+                finally:
+                    if future in waiters:
+                        waiters.remove(future)
+                    if not waiters and self._name_waiters.get(name) is waiters:
+                        del self._name_waiters[name]
+
+    def _wake_waiters(self) -> None:
+        """Resolve the ``wait_for`` calls whose name is now visible."""
+        seen = self._state.seen
+        for name, waiters in list(self._name_waiters.items()):
+            if seen(name):
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(None)
 
     def _unregister(self, name: str, mbox_id: MailboxID) -> None:
         self._apply(self._state.unregister_local(name, mbox_id))
@@ -388,6 +426,9 @@ class Names:
             handler(peer, payload)
         except ValueError as exc:  # the state refused the data: the peer broke the protocol
             raise ProtocolError(f"registry frame {payload[0]} from node {peer}: {exc}") from None
+        finally:
+            if self._name_waiters:
+                self._wake_waiters()
 
     def _claimants(self, peer: int) -> Callable[[Any], MailboxID]:
         """A function serial -> MailboxID of ``peer``'s current run, validating the serial.

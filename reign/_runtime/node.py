@@ -29,7 +29,7 @@ import itertools
 import os
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config.spec import ClusterSpec
 from .._core.address import Address
@@ -60,6 +60,7 @@ __all__ = [
 _log = get_logger("reign.node")
 
 ConnectionStatusCallback = Callable[[int, bool], object]
+_M = TypeVar("_M", bound=Mailbox)
 
 #: Environment variable that turns ``check_messages`` on for every node created while it is set.
 CHECK_MESSAGES_ENV = "REIGN_CHECK_MESSAGES"
@@ -106,7 +107,6 @@ class Node:
         self._mailboxes: dict[int, Mailbox] = {}
         self._local_names: dict[str, Mailbox] = {}
         self._name_of: dict[Mailbox, str] = {}
-        self._processes: set[asyncio.Task[None]] = set()
         if check_messages is None:
             check_messages = os.environ.get(CHECK_MESSAGES_ENV, "") not in ("", "0")
         self._check_messages = check_messages
@@ -163,14 +163,19 @@ class Node:
 
         Raises :class:`RuntimeError` after the node was stopped.
         """
+        mbox = self.create_mailbox(_CheckedMailbox if self._check_messages else Mailbox)
+        return mbox.address, mbox
+
+    def create_mailbox(self, cls: type[_M]) -> _M:
+        """A new mailbox of this node of class ``cls`` (a Mailbox subclass: the OTP layer's
+        reply endpoints). Raises RuntimeError after the node was stopped."""
         if self._stopped:
             raise RuntimeError(f"node {self._id} is stopped; it creates no more mailboxes")
         self._binding.try_bind()
         serial = next(self._serials)
-        cls = _CheckedMailbox if self._check_messages else Mailbox
         mbox = cls(self, MailboxID(self._id, self._incarnation, serial))
         self._mailboxes[serial] = mbox
-        return mbox.address, mbox
+        return mbox
 
     def spawn(self, fn: ProcessFunction, *args: Any, link: Address | None = None) -> Address:
         """Start a process: ``fn(mbox, *args)`` runs as a task that owns a new mailbox.
@@ -194,8 +199,6 @@ class Node:
             raise TypeError(f"link must be an Address, not {type(link).__name__}")
         address, mbox = self.new_mailbox()
         task = start_process(loop, mbox, fn, args)
-        self._processes.add(task)
-        task.add_done_callback(self._processes.discard)
         if link is not None:
             mbox.link(link)
         return address, mbox, task
@@ -528,9 +531,10 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
-        for mbox in list(self._mailboxes.values()):
+        mailboxes = list(self._mailboxes.values())
+        processes = [task for task in (mbox.task for mbox in mailboxes) if task is not None and not task.done()]
+        for mbox in mailboxes:
             mbox.terminate(SHUTDOWN)
-        processes = [task for task in self._processes if not task.done()]
         if processes:
             await asyncio.wait(processes, timeout=STOP_GRACE)
         if self._cluster is not None:

@@ -48,7 +48,7 @@ def start_process(loop: asyncio.AbstractEventLoop, mbox: Mailbox, fn: ProcessFun
         raise TypeError(f"a process function must be callable, not {type(fn).__name__}")
     context = contextvars.copy_context()
     context.run(_current.set, mbox)
-    task = loop.create_task(_run(mbox, fn, args), name=f"reign process {mbox.id}", context=context)
+    task = loop.create_task(_run(mbox, fn, args), context=context)  # unnamed: a name costs ~100 bytes
     mbox.bind_task(task)
     return task
 
