@@ -37,10 +37,10 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import _bench_util as util
-
 import reign
 import reign.testing
+
+import _bench_util as util
 
 SERVER_NAME = "bench.server"
 ECHO_NAME = "bench.echo"
