@@ -110,7 +110,7 @@ class Mailbox:
 
     __slots__ = (
         "_host", "_binding", "id", "address", "_queue", "_waiters", "_claims", "_front_marker",
-        "_closed", "_finished", "_watchers", "_watching", "_links", "_task", "_reason", "trap_exits",
+        "_closed", "_finished", "_deferred", "_watchers", "_watching", "_links", "_task", "_reason", "trap_exits",
         "__weakref__",
     )
 
@@ -125,6 +125,7 @@ class Mailbox:
         self._front_marker: _MatchWaiter | None = None
         self._closed = False
         self._finished = False  # the close has been carried out on the loop (after _closed)
+        self._deferred: list[Any] | None = None  # messages sent while a predicate runs
         self._watchers: set[Watcher] | None = None
         self._watching: set[MailboxID] | None = None  # targets this mailbox watches
         self._links: set[MailboxID] | None = None  # mailboxes linked to this one
@@ -176,23 +177,53 @@ class Mailbox:
             while waiters:
                 waiter = waiters[0]
                 if type(waiter) is _MatchWaiter:
-                    if self._offer_slow(msg):
-                        return
-                    break
+                    self._offer_slow(msg, -1)
+                    return
                 del waiters[0]
                 if not waiter.done():
                     waiter.set_result(msg)
                     return
-            if self._closed:  # a predicate closed the mailbox: the message goes with it
-                return
         q = self._queue
         if q is None:
             q = self._queue = deque()
         q.append(msg)
 
-    def _offer_slow(self, msg: Any) -> bool:
-        """Offer ``msg`` to the waiters in order (some are selective). True if one took it, or
-        if the mailbox closed meanwhile (the message is dropped)."""
+    def _offer_slow(self, msg: Any, at: int) -> None:
+        """Offer ``msg`` to the waiters in order (some are selective); if none takes it, queue
+        it (at index ``at``, or at the end for -1). Predicates run arbitrary code: a message one
+        of them sends to this mailbox is handled after ``msg`` (it was sent later), and a
+        message for a mailbox a predicate closed is dropped."""
+        deferred = self._deferred
+        if deferred is not None:  # a predicate of ours is running: this message comes after
+            deferred.append(msg)
+            return
+        self._deferred = deferred = []
+        try:
+            if not self._offer(msg):
+                self._enqueue(msg, at)
+        finally:
+            self._deferred = None
+        for later in deferred:
+            self.deliver(later)
+
+    def _enqueue(self, msg: Any, at: int) -> None:
+        if self._closed:
+            return
+        q = self._queue
+        if q is None:
+            q = self._queue = deque()
+        if at < 0:
+            q.append(msg)
+            return
+        at = min(at, len(q))
+        q.insert(at, msg)
+        for claim in self._claims or ():
+            if at <= claim.older:
+                claim.older += 1
+
+    def _offer(self, msg: Any) -> bool:
+        """Offer ``msg`` to the waiters in order. True if one took it, or if the mailbox closed
+        meanwhile (the message is dropped)."""
         waiters = self._waiters
         for waiter in list(waiters or ()):
             if type(waiter) is _MatchWaiter:
@@ -241,18 +272,10 @@ class Mailbox:
         """A receiver was cancelled holding ``msg``: offer it again, else requeue at ``older``."""
         if self._closed:
             return
-        if self._waiters and self._offer_slow(msg):
-            return
-        if self._closed:
-            return
-        q = self._queue
-        if q is None:
-            q = self._queue = deque()
-        older = min(older, len(q))
-        q.insert(older, msg)
-        for claim in self._claims or ():
-            if older <= claim.older:
-                claim.older += 1
+        if self._waiters:
+            self._offer_slow(msg, max(older, 0))
+        else:
+            self._enqueue(msg, max(older, 0))
 
     # ---------------------------------------------------------------- receiving
 
