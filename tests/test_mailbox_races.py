@@ -150,30 +150,42 @@ async def test_a_predicate_closing_its_mailbox_on_a_remote_message_keeps_the_con
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["send", "receive", "match"]), st.integers(0, 5)), max_size=30))
+@given(st.lists(st.tuples(st.sampled_from(["send", "receive", "match", "wait", "wait_match", "settle"]),
+                          st.integers(0, 5)), max_size=30))
 def test_post_equals_the_loop_binding_dispatch(script: list[tuple[str, int]]) -> None:
-    """``Mailbox.post`` inlines ``LoopBinding.call``'s on-the-loop case: the same script of
-    sends and receives gives the same messages and results through either path."""
+    """``Mailbox.post`` inlines ``LoopBinding.call``'s on-the-loop case and ``deliver``'s two
+    common cases (queue without waiters, a plain waiting receiver): the same script of sends,
+    receives and waiting receivers gives the same messages and results through either path."""
 
     async def run(use_post: bool) -> list[Any]:
         node = reign.no_clustering()
         addr, mbox = node.new_mailbox()
         out: list[Any] = []
+        waiting: list[asyncio.Future[Any]] = []
         for op, value in script:
             if op == "send":
                 out.append(mbox.post(value) if use_post else node.binding.call(mbox.deliver, value))
-            elif op == "receive":
+            elif op in ("receive", "match"):
                 try:
-                    out.append(await mbox.receive(timeout=0))
+                    if op == "receive":
+                        out.append(await mbox.receive(timeout=0))
+                    else:
+                        out.append(await mbox.receive_match(lambda m, v=value: m == v, timeout=0))
                 except TimeoutError:
                     out.append("timeout")
+            elif op == "wait":
+                waiting.append(asyncio.ensure_future(mbox.receive()))
+            elif op == "wait_match":
+                waiting.append(asyncio.ensure_future(mbox.receive_match(lambda m, v=value: m == v)))
             else:
-                try:
-                    out.append(await mbox.receive_match(lambda m, v=value: m == v, timeout=0))
-                except TimeoutError:
-                    out.append("timeout")
+                await settle()
+        await settle()
+        out.append([w.result() if w.done() else "pending" for w in waiting])
         out.append(drain(mbox))
         await node.stop()
+        for w in waiting:
+            w.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
         return out
 
     async def both() -> tuple[list[Any], list[Any]]:

@@ -164,6 +164,20 @@ class Mailbox:
             return False
         binding = self._binding
         if binding.thread_id == get_ident():  # LoopBinding.call's first case, inline
+            # deliver()'s two common cases inline (pinned to it by tests/test_mailbox_races.py):
+            # nobody waits and the queue exists, or a plain receiver waits.
+            waiters = self._waiters
+            if not waiters:
+                q = self._queue
+                if q is not None:
+                    q.append(msg)
+                    return True
+            else:
+                waiter = waiters[0]
+                if type(waiter) is not _MatchWaiter and not waiter.done():
+                    del waiters[0]
+                    waiter.set_result(msg)
+                    return True
             self.deliver(msg)
             return True
         return binding.call(self.deliver, msg)
@@ -364,11 +378,10 @@ class Mailbox:
         if q:
             # A snapshot: the predicate may send to this mailbox or receive from it.
             for index, msg in enumerate(list(q)):
-                matched = pred(msg)
-                q = self._queue
-                if q is None:  # the predicate closed the mailbox
-                    raise MailboxClosedError(f"mailbox {self.id} was closed")
-                if matched:
+                if pred(msg):
+                    q = self._queue
+                    if q is None:  # the predicate closed the mailbox
+                        break
                     if index >= len(q) or q[index] is not msg:
                         index = next((i for i, m in enumerate(q) if m is msg), -1)
                         if index < 0:
@@ -377,6 +390,8 @@ class Mailbox:
                     if self._claims:
                         self._took_at(index)
                     return msg
+            if self._closed:  # a predicate closed the mailbox
+                raise MailboxClosedError(f"mailbox {self.id} was closed")
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
         loop = self._binding.bind()
