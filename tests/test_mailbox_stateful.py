@@ -3,7 +3,9 @@
 Random sends from several senders, plain and selective receives (immediate and waiting),
 cancellations (including the race where a waiting receiver is cancelled right after it was
 handed a message) and close. After every step the mailbox's queue must equal the model: every
-message sent and not yet taken, in arrival order. No message may be taken twice or lost.
+message sent and not yet taken, in arrival order. No message may be taken twice or lost, and
+the messages of each sender reach the receivers (in the order they are resumed) in the order
+they were sent.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class MailboxMachine(RuleBasedStateMachine):
         self.sent = 0
         self.seq = [0] * SENDERS
         self.taken: list[tuple[int, int]] = []
+        self.handed: list[tuple[int, int]] = []  # in the order receivers got them
         self.discarded: list[tuple[int, int]] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.closed = False
@@ -67,6 +70,12 @@ class MailboxMachine(RuleBasedStateMachine):
         self.model.remove(msg)
         self.taken.append(msg)
 
+    async def recording(self, coro: Any) -> Any:
+        """Await ``coro`` (a waiting receive) and note its message when the receiver resumes."""
+        msg = await coro
+        self.handed.append(msg)
+        return msg
+
     def send_one(self, sender: int) -> None:
         msg = (sender, self.seq[sender])
         self.seq[sender] += 1
@@ -92,6 +101,7 @@ class MailboxMachine(RuleBasedStateMachine):
         if self.model:
             expected = self.model[0]
             assert self.mbox.receive_nowait() == expected
+            self.handed.append(expected)
             self.take(expected)
         else:
             try:
@@ -112,6 +122,7 @@ class MailboxMachine(RuleBasedStateMachine):
             assert expected is None
         else:
             assert got == expected
+            self.handed.append(got)
             self.take(got)
         self.settle()
 
@@ -122,7 +133,7 @@ class MailboxMachine(RuleBasedStateMachine):
             coro = self.mbox.receive()
         else:
             coro = self.mbox.receive_match(lambda m, s=sender: m[0] == s)
-        self.tasks.append(self.loop.create_task(coro))
+        self.tasks.append(self.loop.create_task(self.recording(coro)))
         self.settle()
 
     @precondition(lambda self: bool(self.tasks))
@@ -162,10 +173,11 @@ class MailboxMachine(RuleBasedStateMachine):
         assert len(accounted) == self.sent - self.rejected, "a message was lost"
 
     @invariant()
-    def per_sender_fifo_in_queue(self) -> None:
+    def each_senders_messages_reach_receivers_in_order(self) -> None:
+        assert sorted(self.handed) == sorted(self.taken)
         for sender in range(SENDERS):
-            seqs = [s for (snd, s) in self.model if snd == sender]
-            assert seqs == sorted(seqs)
+            seqs = [s for (snd, s) in self.handed if snd == sender]
+            assert seqs == sorted(seqs), f"sender {sender}'s messages were received as {seqs}"
 
 
 MailboxMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

@@ -191,8 +191,9 @@ async def test_sync_returns_at_once_without_peers() -> None:
     async with reign.no_clustering() as node:
         addr, _ = node.new_mailbox()
         node.names.register("n", addr)
-        await asyncio.wait_for(node.names.sync(), 1)
-        await node.names.sync(timeout=0)
+        assert await asyncio.wait_for(node.names.sync(), 1) is None  # no peer: nothing to wait for
+        assert await node.names.sync(timeout=0) is None
+        assert node.names.lookup("n") == addr
 
 
 async def test_register_and_queries_from_other_threads() -> None:
