@@ -190,6 +190,8 @@ class Node:
         loop = self._binding.require_loop_thread("spawn()")
         if self._stopped:
             raise RuntimeError(f"node {self._id} is stopped; it starts no more processes")
+        if not callable(fn):  # before the mailbox exists: a refused spawn leaves nothing open
+            raise TypeError(f"a process function must be callable, not {type(fn).__name__}")
         if link is not None and type(link) is not Address:
             raise TypeError(f"link must be an Address, not {type(link).__name__}")
         address, mbox = self.new_mailbox()
