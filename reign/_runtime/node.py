@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._config.spec import ClusterSpec
-from .._core.address import Address
+from .._core.address import Address, is_system_message
 from .._core.codec import decode, encode
 from .._core.ids import MAX_NODE_ID, MailboxID, new_incarnation, parse_mailbox_id
 from .._core.messages import NOCONNECTION, NOPROC, SHUTDOWN
@@ -363,8 +363,10 @@ class Node:
         node it is ``True`` when it was queued for it (the name is resolved there; an unknown
         name drops the message, as in Erlang), False for a node that is not a peer or is gone.
         Raises :class:`reign.EncodeError` for a message that cannot cross nodes, ValueError for a
-        bad name. Any thread.
+        bad name, and ``TypeError`` for a system message (as ``Address.send`` does). Any thread.
         """
+        if is_system_message(msg):
+            raise TypeError(f"{type(msg).__name__} is a system message: only the runtime sends it")
         if node is None or node == self._id:
             mbox = self._local_names.get(name) if isinstance(name, str) else None
             return False if mbox is None else mbox.post(msg)
