@@ -367,12 +367,13 @@ class Node:
         """
         if is_system_message(msg):
             raise TypeError(f"{type(msg).__name__} is a system message: only the runtime sends it")
+        name = checked_name(name)  # the same rule wherever the name is resolved
         if node is None or node == self._id:
-            mbox = self._local_names.get(name) if isinstance(name, str) else None
+            mbox = self._local_names.get(name)
             return False if mbox is None else mbox.post(msg)
         if self._cluster is None:
             return False
-        return self._cluster.send_named(node, checked_name(name), msg)
+        return self._cluster.send_named(node, name, msg)
 
     # ---------------------------------------------------------------- routing and monitors
 
