@@ -290,7 +290,7 @@ class Node:
         gone is ignored, as in Erlang. Any thread; raises :class:`reign.EncodeError` for a
         reason that could not cross nodes.
         """
-        if type(reason) is not str:
+        if type(reason) is not str or not reason.isascii():  # a lone surrogate cannot cross
             self.check_reason(reason)
         me = current_process()
         origin = me.id if me is not None and self.is_local(me.id) else None
