@@ -357,7 +357,7 @@ async def test_close_reason_reaches_watchers_unchanged(node: reign.Node, reason:
     obs.expect_nothing()
 
 
-@pytest.mark.parametrize("reason", [{1, 2}, Unregistered(), ("ok", {3}), object()])
+@pytest.mark.parametrize("reason", [{1, 2}, Unregistered(), ("ok", {3}), object(), "\ud800", ("ok", "\udc00")])
 async def test_close_with_a_reason_that_cannot_cross_nodes_raises_and_closes_nothing(
     node: reign.Node, reason: Any
 ) -> None:
