@@ -15,7 +15,8 @@ Invariants:
 * ``send`` never blocks and never waits; ``True`` is not a delivery promise (a remote mailbox
   may close while the message is in flight), ``False`` means the target is known to be gone.
 * ``send`` refuses the runtime's own notices as the message itself (:func:`system_message`
-  registers them: ``MailboxClosed``, ``Exit``, ``MultipleClaim``), so no code can forge one.
+  registers them: ``MailboxClosed``, ``Exit``, ``MultipleClaim``, and forbids subclasses of
+  them), so no code can forge one.
 """
 
 from __future__ import annotations
@@ -153,9 +154,19 @@ def detach_local(address: Address) -> None:
 
 
 def system_message(cls: type[_T]) -> type[_T]:
-    """Class decorator: ``Address.send`` refuses instances of ``cls`` (runtime notices)."""
+    """Class decorator: ``Address.send`` refuses instances of ``cls`` (runtime notices).
+
+    ``cls`` cannot be subclassed: a subclass would pass the exact type check ``send`` makes
+    and still look like the notice to a receiver (``isinstance``, ``case MailboxClosed()``).
+    """
     _SYSTEM_TYPES.add(cls)
+    # setattr: mypy refuses assigning to a method of a class
+    setattr(cls, "__init_subclass__", classmethod(_refuse_subclass))  # noqa: B010
     return cls
+
+
+def _refuse_subclass(cls: type, /, **kwargs: Any) -> None:
+    raise TypeError(f"{cls.__mro__[1].__name__} is a system message type and cannot be subclassed")
 
 
 def is_system_message(msg: object) -> bool:

@@ -25,6 +25,7 @@ from .._core.codec import encode
 from .._core.frames import MESSAGE_HEADER, FrameType
 from .._core.ids import MailboxID
 from .._core.inbound import Inbound
+from .._core.messages import Crash
 from .._core.protocol import Established, PeerProtocol
 from .._errors import HandshakeError, ProtocolError, ReignError
 
@@ -51,8 +52,10 @@ def reason_bytes(reason: Any, max_frame_bytes: int) -> bytes:
     """The CBOR of an exit reason for a DOWN or EXIT frame.
 
     Reasons are checked to be encodable when they are given (``close``, ``exit``), so this
-    falls back only for a reason too large for the peer's frame limit: the peer then learns a
-    ``("reason_too_large", <its repr, cut>)`` tuple instead of nothing.
+    falls back only for a reason too large for the peer's frame limit: a :class:`Crash` is cut
+    to fit (its message's start and its traceback's end, marked ``"...\\n"``), so the peer still
+    learns a Crash; any other reason becomes a ``("reason_too_large", <its repr, cut>)`` tuple
+    instead of nothing.
     """
     try:
         data = encode(reason)
@@ -60,6 +63,14 @@ def reason_bytes(reason: Any, max_frame_bytes: int) -> bytes:
         data = b""
     if data and len(data) + _SIGNAL_OVERHEAD <= max_frame_bytes:
         return data
+    if type(reason) is Crash:
+        keep = max_frame_bytes  # characters kept of the message and of the traceback
+        while keep >= 16:
+            keep //= 2
+            cut = Crash(reason.type[:200], reason.message[:keep], "...\n" + reason.traceback[-keep:])
+            data = encode(cut)
+            if len(data) + _SIGNAL_OVERHEAD <= max_frame_bytes:
+                return data
     return encode(("reason_too_large", repr(reason)[: max(0, min(200, max_frame_bytes - 2 * _SIGNAL_OVERHEAD))]))
 
 

@@ -462,7 +462,7 @@ class Mailbox:
         """
         if self._closed:
             return
-        if type(reason) is not str:
+        if type(reason) is not str or not reason.isascii():  # a lone surrogate cannot cross
             self._host.check_reason(reason)
         self.terminate(reason)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config.spec import ClusterSpec
-from .._core.address import Address
+from .._core.address import Address, is_system_message
 from .._core.codec import decode, encode
 from .._core.ids import MAX_NODE_ID, MailboxID, new_incarnation, parse_mailbox_id
 from .._core.messages import NOCONNECTION, NOPROC, SHUTDOWN
@@ -195,6 +195,8 @@ class Node:
         loop = self._binding.require_loop_thread("spawn()")
         if self._stopped:
             raise RuntimeError(f"node {self._id} is stopped; it starts no more processes")
+        if not callable(fn):  # before the mailbox exists: a refused spawn leaves nothing open
+            raise TypeError(f"a process function must be callable, not {type(fn).__name__}")
         if link is not None and type(link) is not Address:
             raise TypeError(f"link must be an Address, not {type(link).__name__}")
         address, mbox = self.new_mailbox()
@@ -291,7 +293,7 @@ class Node:
         gone is ignored, as in Erlang. Any thread; raises :class:`reign.EncodeError` for a
         reason that could not cross nodes.
         """
-        if type(reason) is not str:
+        if type(reason) is not str or not reason.isascii():  # a lone surrogate cannot cross
             self.check_reason(reason)
         me = current_process()
         origin = me.id if me is not None and self.is_local(me.id) else None
@@ -364,14 +366,17 @@ class Node:
         node it is ``True`` when it was queued for it (the name is resolved there; an unknown
         name drops the message, as in Erlang), False for a node that is not a peer or is gone.
         Raises :class:`reign.EncodeError` for a message that cannot cross nodes, ValueError for a
-        bad name. Any thread.
+        bad name, and ``TypeError`` for a system message (as ``Address.send`` does). Any thread.
         """
+        if is_system_message(msg):
+            raise TypeError(f"{type(msg).__name__} is a system message: only the runtime sends it")
+        name = checked_name(name)  # the same rule wherever the name is resolved
         if node is None or node == self._id:
-            mbox = self._local_names.get(name) if isinstance(name, str) else None
+            mbox = self._local_names.get(name)
             return False if mbox is None else mbox.post(msg)
         if self._cluster is None:
             return False
-        return self._cluster.send_named(node, checked_name(name), msg)
+        return self._cluster.send_named(node, name, msg)
 
     # ---------------------------------------------------------------- routing and monitors
 
