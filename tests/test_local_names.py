@@ -98,6 +98,8 @@ async def test_a_mailbox_has_one_name(node: reign.Node) -> None:
     node.register("first", a)
     with pytest.raises(RegistrationError, match=r"already registered as 'first'"):
         node.register("second", a)
+    with pytest.raises(RegistrationError, match=r"already registered as 'first'"):
+        node.register("first", a)  # the same name again: Erlang's register/2 says badarg too
     assert node.registered() == ["first"]
 
 

@@ -329,8 +329,8 @@ class Node:
             raise RegistrationError(f"{address} is not an open mailbox of node {self._id}; cannot register it as {name!r}")
         owner = self._local_names.get(name)
         if owner is not None:
-            if owner is mbox:
-                return
+            if owner is mbox:  # Erlang's register/2 refuses this too (badarg)
+                raise RegistrationError(f"{address} is already registered as {name!r}")
             raise RegistrationError(f"the name {name!r} is already registered to {owner.id}")
         previous = self._name_of.get(mbox)
         if previous is not None:
