@@ -4,7 +4,7 @@ Usage: ``reign_init [--dir certs] [--nodes 2] [--days 365] [--organization NAME]
 
 Files written into ``--dir`` (created if missing):
 
-* ``reign_ca.crt`` / ``reign_ca.key``: the cluster CA (see :mod:`reign._certs` for identity);
+* ``reign_ca.crt`` / ``reign_ca.key``: the cluster CA (see :mod:`reign._config.certs` for identity);
 * ``reign_node.N.crt`` / ``reign_node.N.key`` for N = 1..``--nodes``;
 * ``cluster.json``: nodes 1..N on ``127.0.0.1``, ports 20000, 20001, ..., pointing at the files
   above by relative paths, only when no ``cluster.json`` exists (or with ``--force``).

@@ -1,6 +1,6 @@
 """Behaviours the documentation states (``docs/api.md``, ``docs/porting.md``) that no other test
-pins, checked against the code; the ones the code does not honour yet are strict xfails, each
-with the reason, so that fixing the code turns them into failures to remove the mark from.
+pins, checked against the code. The last three were found while the docs were written (the code
+did not honour them then) and pin the fixes.
 """
 
 from __future__ import annotations
@@ -96,14 +96,9 @@ async def test_a_failure_answers_a_caller_on_another_node(pair: tuple[reign.Node
     assert await reign.call(remote, "ping") == "pong"
 
 
-# ----------------------------------------------------------------------------- documented, not yet true
+# ----------------------------------------------------------------------------- found while documenting (fixed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Failure subclass cannot be encoded: replying to a remote caller raises EncodeError inside "
-    "the server, which crashes it (the caller gets ServerExited) instead of answering with the failure",
-)
 async def test_a_failure_subclass_answers_a_remote_caller_and_the_server_runs_on(
     pair: tuple[reign.Node, reign.Node],
 ) -> None:
@@ -118,11 +113,6 @@ async def test_a_failure_subclass_answers_a_remote_caller_and_the_server_runs_on
     assert await reign.call(remote, "ping") == "pong"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_messages covers mailboxes made by new_mailbox, not the reply endpoints of reign.call: a "
-    "reply that could not cross nodes is delivered locally (uncopied) instead of failing as it does remotely",
-)
 async def test_check_messages_checks_the_replies_of_calls_too() -> None:
     """api.md, Nodes: with check_messages every local send goes through the codec; a call whose
     reply could not cross nodes fails on one node as it does across two (the server crashes with
@@ -135,11 +125,6 @@ async def test_check_messages_checks_the_replies_of_calls_too() -> None:
         assert "EncodeError" in exited.value.reason.type
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node.send_named does not refuse system messages: locally it delivers a forged MailboxClosed, and "
-    "to another node it sends one, which the peer treats as a protocol error and drops the connection",
-)
 async def test_send_named_refuses_system_messages(pair: tuple[reign.Node, reign.Node]) -> None:
     """api.md, System messages: only the runtime sends MailboxClosed, Exit and MultipleClaim; a
     send of one as the message raises TypeError, so a notice cannot be forged."""

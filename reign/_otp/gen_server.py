@@ -51,7 +51,7 @@ from .._core.messages import NORMAL, Crash, Exit, MailboxClosed
 from .._errors import CallTimeout, Failure, MailboxClosedError, SelfCallError, ServerExited
 from .._runtime.log import get_logger
 from .._runtime.mailbox import Mailbox
-from .._runtime.node import Node
+from .._runtime.node import Node, wire_copy
 from .._runtime.process import current_process
 
 if TYPE_CHECKING:
@@ -167,6 +167,8 @@ class Caller:
 
         Returns what ``Address.send`` returns; a caller that gave up drops the late reply.
         """
+        if isinstance(value, Failure):
+            value = _plain(value)
         return self.reply_to.send(Reply(self.tag, value))
 
 
@@ -327,7 +329,7 @@ class GenServer:
                     try:
                         result = await self.handle_call(msg.request, Caller(msg.reply_to, msg.tag))
                     except Failure as failure:
-                        result = failure
+                        result = _plain(failure)
                     if result is not NOREPLY:
                         msg.reply_to.send(Reply(msg.tag, result))
                 elif kind is Cast:
@@ -364,6 +366,14 @@ class GenServer:
                        error=type(exc).__name__, reason=str(exc)[:200])
 
 
+def _plain(failure: Failure) -> Failure:
+    """The Failure a caller gets: a subclass (which has no wire form) becomes a plain Failure
+    with the same fields, so a remote caller gets it as a local one would."""
+    if type(failure) is Failure:
+        return failure
+    return Failure(failure.type, failure.message, failure.payload)
+
+
 # ------------------------------------------------------------------------------ call, cast, stop
 
 
@@ -377,10 +387,12 @@ class _Endpoint(Mailbox):
     pushes the deadline later and later), instead of one timer per call.
     """
 
-    __slots__ = ("pending", "watching", "loop", "deadline", "timer", "timer_at")
+    __slots__ = ("pending", "watching", "loop", "deadline", "timer", "timer_at", "checked")
 
     def __init__(self, host: Any, mailbox_id: MailboxID) -> None:
         super().__init__(host, mailbox_id)
+        #: the node checks messages (check_messages): replies are copied as a remote one would be
+        self.checked: bool = host.check_messages
         #: (future, tag, server id) of the call waiting, if any
         self.pending: tuple[asyncio.Future[Any], int, MailboxID] | None = None
         self.watching: MailboxID | None = None
@@ -388,6 +400,11 @@ class _Endpoint(Mailbox):
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+
+    def post(self, msg: Any) -> bool:
+        if self.checked and not self.closed:
+            msg = wire_copy(msg, self.address_for)
+        return super().post(msg)
 
     def deliver(self, msg: Any) -> None:
         pending = self.pending

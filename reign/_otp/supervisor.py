@@ -52,8 +52,8 @@ _log = get_logger("reign.supervisor")
 
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one", "simple_one_for_one")
 RESTARTS = ("permanent", "transient", "temporary")
-#: OTP's defaults: at most 3 restarts in 5 seconds (``intensity``, ``period``), and 5 s for a
-#: worker to shut down.
+#: The contract's defaults (Elixir's): at most 3 restarts in 5 seconds (OTP's supervisor
+#: defaults to 1 in 5: pass ``intensity=1`` for that), and 5 s for a worker to shut down (OTP's).
 DEFAULT_INTENSITY = 3
 DEFAULT_PERIOD = 5.0
 DEFAULT_SHUTDOWN = 5.0

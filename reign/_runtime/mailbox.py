@@ -143,6 +143,10 @@ class Mailbox:
         """True once :meth:`close` was called (or the node stopped)."""
         return self._closed
 
+    def address_for(self, mailbox_id: MailboxID) -> Address:
+        """The Address of ``mailbox_id`` bound to this mailbox's node."""
+        return self._host.address_for(mailbox_id)
+
     @property
     def reason(self) -> Any:
         """The exit reason once closed (None while open)."""

@@ -568,13 +568,17 @@ class _CheckedMailbox(Mailbox):
     def post(self, msg: Any) -> bool:
         if self.closed:
             return False
-        try:
-            payload = encode(msg)
-        except EncodeError as exc:
-            raise EncodeError(f"{exc} (check_messages: this message could not cross nodes)") from None
-        host = self._host
-        copy = decode(payload, host.address_for)
-        return super().post(copy)
+        return super().post(wire_copy(msg, self.address_for))
+
+
+def wire_copy(msg: Any, address_for: Callable[[MailboxID], Address]) -> Any:
+    """``msg`` as another node would receive it (``check_messages``): encoded, then decoded
+    with addresses bound by ``address_for``. Raises EncodeError saying so if it cannot cross."""
+    try:
+        payload = encode(msg)
+    except EncodeError as exc:
+        raise EncodeError(f"{exc} (check_messages: this message could not cross nodes)") from None
+    return decode(payload, address_for)
 
 
 def no_clustering(*, check_messages: bool | None = None) -> Node:
