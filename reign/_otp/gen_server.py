@@ -452,6 +452,8 @@ async def call(server: Address, request: Any, *, timeout: float | None = DEFAULT
     :class:`~reign.SelfCallError` when a process calls itself, :class:`~reign.EncodeError`
     for a request that cannot reach the server's node.
     """
+    if type(server) is not Address:
+        raise TypeError(f"call needs an Address, not {type(server).__name__}")
     return await call_with(server, request, timeout, server.send)
 
 
