@@ -492,8 +492,9 @@ async def stop(server: Address, reason: Any = NORMAL, *, timeout: float | None =
     """Stop the gen_server (or supervisor) at ``server``: it runs ``terminate(reason)`` and
     exits with ``reason``; returns once it is gone (Erlang's ``gen_server:stop``).
 
-    Raises :class:`~reign.ServerExited` with ``"noproc"`` if it was already gone,
-    :class:`~reign.CallTimeout` past ``timeout``, :class:`~reign.EncodeError` for a reason that
+    Raises :class:`~reign.ServerExited` with ``"noproc"`` if it was already gone, and with
+    the reason it exited with if that is not ``reason`` (killed meanwhile, ``"noconnection"``:
+    its node was lost), :class:`~reign.CallTimeout` past ``timeout``, :class:`~reign.EncodeError` for a reason that
     could not cross nodes.
     """
     node = _node_of(server, "stop")
@@ -509,5 +510,5 @@ async def stop(server: Address, reason: Any = NORMAL, *, timeout: float | None =
     try:
         await _await_answer(endpoint, server, lambda m: False, timeout, "stop of")
     except ServerExited as exited:
-        if exited.reason == "noproc":
+        if exited.reason != reason:  # proc_lib:stop: only the reason asked for is success
             raise
