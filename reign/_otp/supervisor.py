@@ -305,9 +305,8 @@ class Supervisor(GenServer):
         self._children.append(child)
         try:
             await self._start_or_fail(child)
-        except Failure:
-            if self._template is not None or child.spec.restart == "temporary":
-                self._children.remove(child)
+        except Failure:  # supervisor.erl saves a child only once it started
+            self._children.remove(child)
             raise
         assert child.address is not None
         return child.address
