@@ -124,6 +124,21 @@ async def test_a_server_killed_during_init_makes_start_raise_server_exited(node:
     assert log == ["init started"]
 
 
+async def test_start_linked_to_a_gone_parent_ends_the_server_with_noproc(pair: Pair) -> None:
+    server_node, client_node = pair
+    parent, parent_box = client_node.new_mailbox()
+    parent_box.close()
+    log: list[Any] = []
+    if server_node is client_node:  # known at once: the server never runs
+        with pytest.raises(reign.ServerExited) as exited:
+            await Probe.start(server_node, log, link=seen_from(server_node, parent))
+        assert exited.value.reason == "noproc"
+        assert log == []
+    else:  # the other node answers the link with noproc later, as Erlang's would: then it exits
+        addr = await Probe.start(server_node, log, link=seen_from(server_node, parent))
+        assert await closed_reason(await watch(server_node, addr)) == "noproc"
+
+
 def _open_process_addresses(node: reign.Node) -> list[reign.Address]:
     return [m.address for m in node._mailboxes.values() if m.task is not None]
 
@@ -421,6 +436,34 @@ async def test_a_timeout_raises_call_timeout_and_the_late_reply_is_never_seen(pa
         assert await reign.call(addr, ("echo", i), timeout=GUARD) == i
     # A timed-out call does not hurt the server.
     assert not any(entry[0] == "terminate" for entry in log)
+
+
+async def test_a_call_cancelled_from_outside_leaves_no_reply_for_the_next_call(pair: Pair) -> None:
+    server_node, client_node = pair
+    _, addr = await start_probe(pair, [])
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # the caller's own deadline, not call's
+            await reign.call(addr, ("hold", "k"), timeout=None)
+    notify, notify_box = client_node.new_mailbox()
+    reign.cast(addr, ("release", "k", "LATE", seen_from(server_node, notify)))
+    assert await notify_box.receive(timeout=GUARD) == ("released", "k")
+    assert await reign.call(addr, ("echo", "next"), timeout=GUARD) == "next"
+
+
+async def test_call_and_start_from_another_thread_are_refused(node: reign.Node) -> None:
+    addr = await Probe.start(node, [])
+
+    def in_thread() -> list[str]:
+        errors = []
+        for coro in (reign.call(addr, ("echo", 1)), Probe.start(node, [])):
+            try:
+                asyncio.run(coro)
+            except RuntimeError as exc:
+                errors.append(type(exc).__name__)
+        return errors
+
+    assert await asyncio.to_thread(in_thread) == ["RuntimeError", "RuntimeError"]
+    assert await reign.call(addr, ("echo", 2), timeout=GUARD) == 2
 
 
 async def test_timeout_none_waits_as_long_as_the_server_lives(pair: Pair) -> None:
