@@ -47,6 +47,12 @@ each claiming the matching name); ``{"cmd": "register", "name"}`` (the inbox cla
 ``{"cmd": "report", "id"}`` -> ``{"ev": "report", "received": {"sender.sinc": {"last",
 "count"}}, "peers": {id: state}, "multiple_claim_count"}``; ``{"cmd": "exit"}`` (or end of
 input) stops the node gracefully.
+
+OTP commands (``tests/test_otp_processes.py``): ``{"cmd": "gen_server", "name", "id"}`` starts
+an :class:`Echo` gen_server claiming the global ``name`` -> ``{"ev": "gen_server", "addr"}``;
+``{"cmd": "supervisor", "name", "id"}`` starts a one_for_one supervisor of one :class:`Echo`
+claiming ``name`` (it claims it again after each restart) -> ``{"ev": "supervisor", "sup",
+"child"}``.
 """
 
 from __future__ import annotations
@@ -70,6 +76,32 @@ import reign
 class Payload:
     seq: int
     text: str
+
+
+class Echo(reign.GenServer):
+    """``("echo", x)`` -> ``x``; ``"hold"``: no reply, ever; ``"crash"``: raises;
+    ``"block_terminate"``: its ``terminate`` never returns (a stop waits)."""
+
+    async def init(self) -> None:
+        self.held: list[reign.Caller] = []
+        self.block = False
+
+    async def handle_call(self, request: Any, caller: reign.Caller) -> Any:
+        if request == "hold":
+            self.held.append(caller)
+            return reign.NOREPLY
+        if request == "crash":
+            raise RuntimeError("asked to crash")
+        if request == "block_terminate":
+            self.block = True
+            return "blocking"
+        if isinstance(request, tuple) and len(request) == 2 and request[0] == "echo":
+            return request[1]
+        raise reign.Failure("unknown", repr(request))
+
+    async def terminate(self, reason: Any) -> None:
+        if self.block:
+            await asyncio.Event().wait()
 
 
 #: Stream messages are sent in batches every STREAM_TICK seconds.
@@ -265,6 +297,14 @@ class App:
         elif kind == "ping":
             ok = node.address(cmd["to"]).send(("ping", self.inbox, cmd["token"]))
             self.emit("pinged", token=cmd["token"], ok=ok)
+        elif kind == "gen_server":
+            addr = await Echo.start(node, global_name=cmd["name"])
+            self.emit("gen_server", id=cmd.get("id"), addr=str(addr))
+        elif kind == "supervisor":
+            spec = reign.ChildSpec("echo", Echo, kwargs={"global_name": cmd["name"]})
+            sup = await reign.Supervisor.start(node, [spec], intensity=100)
+            (_, child), = await reign.Supervisor.which_children(sup)
+            self.emit("supervisor", id=cmd.get("id"), sup=str(sup), child=str(child))
         elif kind == "report":
             stats = node.statistics().peers
             self.emit(

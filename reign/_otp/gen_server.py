@@ -591,8 +591,9 @@ async def stop(server: Address, reason: Any = NORMAL, *, timeout: float | None =
     """Stop the gen_server (or supervisor) at ``server``: it runs ``terminate(reason)`` and
     exits with ``reason``; returns once it is gone (Erlang's ``gen_server:stop``).
 
-    Raises :class:`~reign.ServerExited` with ``"noproc"`` if it was already gone,
-    :class:`~reign.CallTimeout` past ``timeout``, :class:`~reign.EncodeError` for a reason that
+    Raises :class:`~reign.ServerExited` with ``"noproc"`` if it was already gone, and with
+    the reason it exited with if that is not ``reason`` (killed meanwhile, ``"noconnection"``:
+    its node was lost), :class:`~reign.CallTimeout` past ``timeout``, :class:`~reign.EncodeError` for a reason that
     could not cross nodes.
     """
     node = _node_of(server, "stop")
@@ -606,5 +607,5 @@ async def stop(server: Address, reason: Any = NORMAL, *, timeout: float | None =
     try:  # no reply has tag -1: only the end of the server answers
         await _ask(node, endpoint, server, -1, timeout, "stop of", server.send, StopRequest(reason))
     except ServerExited as exited:
-        if exited.reason == "noproc":
+        if exited.reason != reason:  # proc_lib:stop: only the reason asked for is success
             raise

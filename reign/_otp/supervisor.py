@@ -116,14 +116,16 @@ class ChildSpec:
 
 
 class _Child:
-    """A child the supervisor knows: its spec, its address while it runs, its extra args."""
+    """A child the supervisor knows: its spec, its address while it runs, its extra args, and
+    whether a failed restart of it waits to be tried again (supervisor.erl's ``restarting``)."""
 
-    __slots__ = ("spec", "address", "extra")
+    __slots__ = ("spec", "address", "extra", "retry")
 
     def __init__(self, spec: ChildSpec, extra: tuple[Any, ...] = ()) -> None:
         self.spec = spec
         self.address: Address | None = None
         self.extra = extra
+        self.retry = False
 
     @property
     def key(self) -> Any:
@@ -241,6 +243,7 @@ class Supervisor(GenServer):
             return await self._start_new(arg)
         if op == "terminate_child":
             child = self._find(arg)
+            child.retry = False  # a pending retry is cancelled: the child stays stopped
             if child.address is not None:
                 await self._shutdown(child)
             if child.spec.restart == "temporary" or self._template is not None:
@@ -250,6 +253,7 @@ class Supervisor(GenServer):
             child = self._find(arg)
             if child.address is not None:
                 raise Failure("running", f"child {arg!r} is running")
+            child.retry = False
             await self._start_or_fail(child)
             return child.address
         if op == "delete_child":
@@ -268,7 +272,8 @@ class Supervisor(GenServer):
             return
         if type(msg) is _TryAgain:
             child = next((c for c in self._children if id(c) == msg.child), None)
-            if child is not None and child.address is None:
+            if child is not None and child.retry and child.address is None:
+                child.retry = False
                 await self._restart(child)
             return
         await super().handle_info(msg)
@@ -305,9 +310,8 @@ class Supervisor(GenServer):
         self._children.append(child)
         try:
             await self._start_or_fail(child)
-        except Failure:
-            if self._template is not None or child.spec.restart == "temporary":
-                self._children.remove(child)
+        except Failure:  # supervisor.erl saves a child only once it started
+            self._children.remove(child)
             raise
         assert child.address is not None
         return child.address
@@ -372,6 +376,7 @@ class Supervisor(GenServer):
             except Exception as exc:
                 _log.error("supervisor.restart_failed", supervisor=str(self.address), child=repr(member.key)[:100],
                            error=type(exc).__name__, reason=str(exc)[:200])
+                member.retry = True
                 self.mailbox.deliver(_TryAgain(id(member)))
                 return
 
