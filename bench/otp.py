@@ -16,6 +16,9 @@ Run: ``.venv/bin/python bench/otp.py [--rounds 5] [--calls 20000] [--remote-call
   of 1,000; target: median <= 200 us).
 * **idle GenServer memory**: tracemalloc bytes per started, idle GenServer (10,000; target
   <= 4 KiB), with a plain idle mailbox as the baseline.
+* ``--callgrind``: the local call figure again as instructions per call under valgrind's
+  callgrind (deterministic, unlike the wall clock on this VM): each workload runs at two call
+  counts and the difference is divided by the difference in calls, so start-up cancels.
 
 Wall-clock figures on this shared VM swing; the ratios against the baseline of the same run
 are what to compare.
@@ -224,6 +227,38 @@ async def idle_memory(count: int) -> tuple[float, float]:
     return per_server, per_mailbox
 
 
+# ------------------------------------------------------------------------------ callgrind
+
+
+async def callgrind_child(kind: str, n: int) -> None:
+    async with reign.no_clustering() as node:
+        if kind == "call":
+            server = await Adder.start(node)
+            await reign_calls(server, n)
+        else:
+            plain = node.spawn(hand_written_server)
+            await hand_written_calls(node, plain, n)
+
+
+def callgrind(n1: int = 2_000, n2: int = 10_000) -> None:
+    import re
+
+    totals: dict[tuple[str, int], int] = {}
+    for kind in ("call", "hand"):
+        for n in (n1, n2):
+            with tempfile.TemporaryDirectory() as folder:
+                argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out",
+                        sys.executable, __file__, "--callgrind-child", kind, str(n)]
+                proc = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
+                found = re.search(r"Collected\s*:\s*([\d,]+)", proc.stderr)
+                if proc.returncode != 0 or found is None:
+                    raise RuntimeError(f"callgrind {kind} {n} failed: {proc.stderr[-2000:]}")
+                totals[kind, n] = int(found.group(1).replace(",", ""))
+    per = {kind: (totals[kind, n2] - totals[kind, n1]) / (n2 - n1) for kind in ("call", "hand")}
+    print(f"local call        reign.call {per['call']:,.0f} instr/call   hand-written pattern {per['hand']:,.0f}"
+          f" instr/call   speed ratio {per['hand'] / per['call']:.2f}x   (target >= 1.2x)")
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -234,10 +269,16 @@ def main() -> None:
     parser.add_argument("--remote-calls", type=int, default=3_000)
     parser.add_argument("--restarts", type=int, default=1_000)
     parser.add_argument("--servers", type=int, default=10_000)
+    parser.add_argument("--callgrind", action="store_true", help="also count instructions per local call")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--callgrind-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         reign.run(child_main(args.child))
+        return
+    if args.callgrind_child:
+        util.quiet_logs()
+        reign.run(callgrind_child(args.callgrind_child[0], int(args.callgrind_child[1])))
         return
     util.quiet_logs()
     med = statistics.median
@@ -259,6 +300,8 @@ def main() -> None:
     per_server, per_mailbox = reign.run(idle_memory(args.servers))
     print(f"idle GenServer    {per_server:7.0f} bytes each   idle mailbox {per_mailbox:5.0f} bytes"
           f"                 (target <= 4096 bytes)")
+    if args.callgrind:
+        callgrind()
 
 
 if __name__ == "__main__":
