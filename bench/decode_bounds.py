@@ -29,19 +29,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 READ = 256 * 1024
 MIB = 1 << 20
 
 
-def _array(units: Callable[[int], bytes] | bytes, size: int, unit_len: int) -> bytes:
-    """A CBOR array of as many ``unit_len``-byte items as fit in ``size`` bytes."""
-    count = (size - 9) // unit_len
-    head = (b"\x9a" + count.to_bytes(4, "big")) if count < 1 << 32 else b"\x9b" + count.to_bytes(8, "big")
-    if isinstance(units, bytes):
-        return head + units * count
-    return head + b"".join(units(i) for i in range(count))
+def _array(unit: Callable[[int], bytes] | bytes, count: int) -> bytes:
+    """A CBOR array of ``count`` items, ``unit`` itself or ``unit(i)`` for the i-th."""
+    head = b"\x9a" + count.to_bytes(4, "big")
+    if isinstance(unit, bytes):
+        return head + unit * count
+    return head + b"".join(unit(i) for i in range(count))
 
 
 def _id_parts(i: int) -> bytes:  # [node 3, incarnation 2**62 + i, serial i] as our encoder writes ids
@@ -54,37 +54,59 @@ def _text(s: str) -> bytes:
     return bytes([0x60 | len(data)]) + data
 
 
-#: name -> (payload builder of a size, value builder for the encoder or None)
-SHAPES: dict[str, tuple[Callable[[int], bytes], Callable[[int], Any] | None]] = {
-    "[{'ab': 0}, ...] (issue)": (
-        lambda n: _array(b"\xa1\x62ab\x00", n, 5), lambda n: [{"ab": 0} for _ in range(n // 5)]),
-    "[[0], ...]": (lambda n: _array(b"\x81\x00", n, 2), lambda n: [[0] for _ in range(n // 2)]),
-    "[[0, 0], ...]": (lambda n: _array(b"\x82\x00\x00", n, 3), None),
-    "[[], ...]": (lambda n: _array(b"\x80", n, 1), lambda n: [[] for _ in range(n)]),
-    "[{}, ...]": (lambda n: _array(b"\xa0", n, 1), None),
-    "[(), ...]": (lambda n: _array(b"\xd9\xc8\x00\x80", n, 4), None),
-    "[0, ...] small ints": (lambda n: _array(b"\x00", n, 1), lambda n: [0] * n),
-    "[-20, ...] uncached ints": (lambda n: _array(b"\x33", n, 1), lambda n: [-20] * n),
-    "[2**40, ...] big ints": (lambda n: _array(b"\x1b" + (2**40).to_bytes(8, "big"), n, 9), None),
-    "[1.5, ...] floats": (lambda n: _array(b"\xfb?\xf8\x00\x00\x00\x00\x00\x00", n, 9), None),
-    "['ab', ...]": (lambda n: _array(b"\x62ab", n, 3), None),
-    "['é', ...]": (lambda n: _array(_text("é"), n, 3), None),
-    "{i: 0 for i in ...} one map": (
-        lambda n: b"\xba" + ((n - 5) // 6).to_bytes(4, "big")
-        + b"".join(b"\x1a" + i.to_bytes(4, "big") + b"\x00" for i in range((n - 5) // 6)),
-        None),
-    "[Address, ...] distinct": (lambda n: _array(lambda i: b"\xd9\xc8\x02" + _id_parts(i), n, 29), None),
-    "[MailboxID, ...] distinct": (lambda n: _array(lambda i: b"\xd9\xc8\x01" + _id_parts(i), n, 29), None),
-    "[MultipleClaim(''), ...]": (
-        lambda n: _array(b"\xd9\xc8\x03\x82" + _text("reign.MultipleClaim") + b"\x60", n, 25), None),
-    "[MailboxClosed(id), ...]": (
-        lambda n: _array(lambda i: b"\xd9\xc8\x03\x82" + _text("reign.MailboxClosed") + b"\xd9\xc8\x01"
-                         + _id_parts(i), n, 53), None),
-    "bytes (bulk)": (lambda n: b"\x5a" + (n - 5).to_bytes(4, "big") + bytes(n - 5), lambda n: bytes(n - 5)),
-    "str ascii": (lambda n: b"\x7a" + (n - 5).to_bytes(4, "big") + b"a" * (n - 5), lambda n: "a" * (n - 5)),
-    "str 3-byte chars": (
-        lambda n: b"\x7a" + ((n - 5) // 3 * 3).to_bytes(4, "big") + "€".encode() * ((n - 5) // 3),
-        lambda n: "€" * ((n - 5) // 3)),
+def _map(count: int) -> bytes:  # {i: 0 for i in range(count)}, keys as 4-byte uints
+    return b"\xba" + count.to_bytes(4, "big") + b"".join(b"\x1a" + i.to_bytes(4, "big") + b"\x00"
+                                                         for i in range(count))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A payload of ``count`` repetitions of a unit of ``unit_bytes`` wire bytes and ``unit_items``
+    data items (as MAX_ITEMS counts them: the unit and everything in it)."""
+
+    build: Callable[[int], bytes]  # count -> payload (at most count * unit_bytes + 9 bytes)
+    unit_bytes: int
+    unit_items: int
+    value: Callable[[int], Any] | None = None  # count -> the same message as a Python value
+
+    def count(self, size: int, max_items: int | None) -> int:
+        count = (size - 9) // self.unit_bytes
+        return count if max_items is None else min(count, max_items // self.unit_items)
+
+
+def _units(unit: Callable[[int], bytes] | bytes, items: int, value: Callable[[int], Any] | None = None) -> Shape:
+    size = len(unit if isinstance(unit, bytes) else unit(0))
+    return Shape(lambda count: _array(unit, count), size, items, value)
+
+
+def _blob(major: int, char: bytes, value: Callable[[int], Any]) -> Shape:
+    """One byte or text string of ``count`` repetitions of ``char``."""
+    return Shape(lambda count: bytes([major << 5 | 26]) + (count * len(char)).to_bytes(4, "big") + char * count,
+                 len(char), 0, value)
+
+
+SHAPES: dict[str, Shape] = {
+    "[{'ab': 0}, ...] (issue)": _units(b"\xa1\x62ab\x00", 3, lambda n: [{"ab": 0} for _ in range(n)]),
+    "[[0], ...]": _units(b"\x81\x00", 2, lambda n: [[0] for _ in range(n)]),
+    "[[0, 0], ...]": _units(b"\x82\x00\x00", 3),
+    "[[], ...]": _units(b"\x80", 1, lambda n: [[] for _ in range(n)]),
+    "[{}, ...]": _units(b"\xa0", 1),
+    "[(), ...]": _units(b"\xd9\xc8\x00\x80", 2),
+    "[0, ...] small ints": _units(b"\x00", 1, lambda n: [0] * n),
+    "[-20, ...] uncached ints": _units(b"\x33", 1, lambda n: [-20] * n),
+    "[2**40, ...] big ints": _units(b"\x1b" + (2**40).to_bytes(8, "big"), 1),
+    "[1.5, ...] floats": _units(b"\xfb?\xf8\x00\x00\x00\x00\x00\x00", 1),
+    "['ab', ...]": _units(b"\x62ab", 1),
+    "['é', ...]": _units(_text("é"), 1),
+    "{i: 0 for i in ...} one map": Shape(_map, 6, 2),
+    "[Address, ...] distinct": _units(lambda i: b"\xd9\xc8\x02" + _id_parts(i), 5),
+    "[MailboxID, ...] distinct": _units(lambda i: b"\xd9\xc8\x01" + _id_parts(i), 5),
+    "[MultipleClaim(''), ...]": _units(b"\xd9\xc8\x03\x82" + _text("reign.MultipleClaim") + b"\x60", 4),
+    "[MailboxClosed(id), ...]": _units(
+        lambda i: b"\xd9\xc8\x03\x82" + _text("reign.MailboxClosed") + b"\xd9\xc8\x01" + _id_parts(i), 8),
+    "bytes (bulk)": _blob(2, b"\x00", bytes),
+    "str ascii": _blob(3, b"a", lambda n: "a" * n),
+    "str 3-byte chars": _blob(3, "€".encode(), lambda n: "€" * n),
 }
 
 
@@ -96,7 +118,7 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def child(shape: str, max_message_bytes: int) -> dict[str, Any]:
+def child(name: str, max_message_bytes: int, max_items: int | None) -> dict[str, Any]:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     import reign
     from reign._core import codec, messages  # noqa: F401 - registers the library's types
@@ -105,9 +127,10 @@ def child(shape: str, max_message_bytes: int) -> dict[str, Any]:
 
     from wire_util import established_pair
 
-    build, value_of = SHAPES[shape]
-    payload = build(max_message_bytes)
-    assert len(payload) <= max_message_bytes, (shape, len(payload))
+    shape = SHAPES[name]
+    count = shape.count(max_message_bytes, max_items)
+    payload = shape.build(count)
+    assert len(payload) <= max_message_bytes, (name, len(payload))
     sender, receiver = established_pair(max_frame_bytes=max_message_bytes + MESSAGE_OVERHEAD)
     frame = sender.message(reign.MailboxID(2, receiver.local_incarnation, 5), payload)
     reads = [frame[i:i + READ] for i in range(0, len(frame), READ)]
@@ -138,17 +161,23 @@ def child(shape: str, max_message_bytes: int) -> dict[str, Any]:
     started = time.perf_counter()
     delivered.clear()
     free = time.perf_counter() - started
-    encode: str = ""
-    if value_of is not None:
-        value = value_of(max_message_bytes)
+    encode = ""
+    if shape.value is not None:
+        value = shape.value(count)
         started = time.perf_counter()
         try:
             size = len(codec.encode(value))
             encode = f"{time.perf_counter() - started:.2f} s ({size / MIB:.1f} MiB)"
         except reign.EncodeError as exc:
-            encode = f"{time.perf_counter() - started:.2f} s refused ({str(exc)[:28]})"
+            encode = f"{time.perf_counter() - started:.2f} s, refused ({str(exc)[:24]})"
     return {"payload": len(payload), "outcome": outcome, "blocked": blocked, "free": free, "rss": rss,
             "encode": encode}
+
+
+def _max_items() -> int | None:
+    from reign._core.codec import model
+
+    return getattr(model, "MAX_ITEMS", None)
 
 
 def main() -> None:
@@ -157,31 +186,39 @@ def main() -> None:
                         help="payload size (default: the spec's default max_message_bytes)")
     parser.add_argument("--only", default="", help="comma-separated substrings of shape names")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--items", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.max_message_bytes is None:
         from reign._config.spec import DEFAULT_MAX_MESSAGE_BYTES
 
         args.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
     if args.child:
-        print(json.dumps(child(args.child, args.max_message_bytes)))
+        print(json.dumps(child(args.child, args.max_message_bytes, args.items)))
         return
     wanted = [s for s in args.only.split(",") if s]
+    max_items = _max_items()
     print(f"max_message_bytes {args.max_message_bytes} ({args.max_message_bytes / MIB:g} MiB), "
-          f"reads of {READ // 1024} KiB, Python {sys.version.split()[0]}")
-    print(f"{'shape':<30} {'payload':>9} {'blocked':>8} {'free':>7} {'RSS':>9}  outcome / encode")
-    for shape in SHAPES:
-        if wanted and not any(w in shape for w in wanted):
+          f"MAX_ITEMS {max_items}, reads of {READ // 1024} KiB, Python {sys.version.split()[0]}")
+    print(f"{'shape':<34} {'payload':>9} {'blocked':>8} {'free':>7} {'RSS':>9}  outcome / encode")
+    for name, shape in SHAPES.items():
+        if wanted and not any(w in name for w in wanted):
             continue
-        out = subprocess.run([sys.executable, __file__, "--child", shape,
-                              "--max-message-bytes", str(args.max_message_bytes)],
-                             capture_output=True, text=True, check=False)
-        if out.returncode:
-            print(f"{shape:<30} failed: {out.stderr.strip().splitlines()[-1:]}")
-            continue
-        r = json.loads(out.stdout)
-        print(f"{shape:<30} {r['payload'] / MIB:5.1f} MiB {r['blocked']:6.2f} s {r['free']:5.2f} s "
-              f"{r['rss'] / MIB:5.0f} MiB  {r['outcome'][:60]}"
-              + (f" / encode {r['encode']}" if r["encode"] else ""))
+        rows = [(name, None)]
+        if shape.unit_items and max_items and shape.count(args.max_message_bytes, max_items) < shape.count(
+                args.max_message_bytes, None):
+            rows.append((f"  at MAX_ITEMS ({shape.unit_items}/unit)", max_items))
+        for label, items in rows:
+            command = [sys.executable, __file__, "--child", name, "--max-message-bytes", str(args.max_message_bytes)]
+            if items is not None:
+                command += ["--items", str(items)]
+            out = subprocess.run(command, capture_output=True, text=True, check=False)
+            if out.returncode:
+                print(f"{label:<34} failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(out.stdout)
+            print(f"{label:<34} {r['payload'] / MIB:5.1f} MiB {r['blocked']:6.2f} s {r['free']:5.2f} s "
+                  f"{r['rss'] / MIB:5.0f} MiB  {r['outcome'][:56]}"
+                  + (f" / encode {r['encode']}" if r["encode"] else ""))
 
 
 if __name__ == "__main__":

@@ -148,12 +148,14 @@ def _put(obj: Any, out: list[bytes], depth: int, budget: list[int]) -> None:
     elif t is Address:
         mid = obj.id
         append(_pack_id(_ADDRESS_PREFIX, mid.node, 0x1B, mid.incarnation, 0x1B, mid.serial))
+        budget[0] -= 4  # its tag's array and the array's 3 ints (checked at the end of encode)
     elif t is bytes or t is bytearray:
         data = bytes(obj) if t is bytearray else obj  # a snapshot first, then its length
         append(_head(2, len(data)))
         append(data)
     elif t is MailboxID:
         append(_pack_id(_MAILBOX_ID_PREFIX, obj.node, 0x1B, obj.incarnation, 0x1B, obj.serial))
+        budget[0] -= 4
     else:
         _put_container(obj, t, out, depth, budget)
 
@@ -163,25 +165,28 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
     # Header and items must agree although the walk is Python and another thread may change a
     # container between two items (a dict can then even yield a key twice): lists and dicts
     # are copied first, one C call each and atomic under the GIL (dict.copy: ~40 ns for a
-    # small one); tuples cannot change.
+    # small one); tuples cannot change. ``items``: the data items this container adds, as
+    # MAX_ITEMS counts them (its entries, plus its tag's array for a tuple or registered object).
     container = obj
     if t is dict:
         obj = obj.copy()
-        size = 2 * len(obj)
+        items = size = 2 * len(obj)
     elif t is list:
         obj = obj[:]
-        size = len(obj)
+        items = size = len(obj)
     elif t is tuple:
         size = len(obj)
+        items = size + 1
     else:
         reg = BY_TYPE.get(t)
         if reg is None:
             raise _cannot(t)
         obj = reg.fields_of(obj)
         size = len(obj) + 1
+        items = size + 1
     if depth >= MAX_DEPTH:
         raise _TooDeep(container)
-    budget[0] -= size
+    budget[0] -= items
     if budget[0] < 0:
         raise EncodeError(f"message has more than {MAX_ITEMS} items")
     depth += 1
@@ -245,11 +250,11 @@ def encode(obj: Any) -> bytes:
     Raises :class:`~reign.EncodeError` naming the problem for anything outside the value model
     (an unregistered class, a set, a datetime, an int beyond 64 bits, a subclass of a built-in
     type), a cyclic structure, nesting deeper than :data:`MAX_DEPTH`, more than
-    :data:`MAX_ITEMS` items, a string that is not valid Unicode, or a message the decoder would
-    refuse as too memory-hungry (see :data:`MEMORY_FACTOR`). Thread-safe: a list, dict or bytearray
-    another thread changes meanwhile is written as it was when the walk reached it (each is
-    copied first), so the bytes never announce a length that disagrees with the items that
-    follow, nor repeat a key.
+    :data:`MAX_ITEMS` items (counted exactly as the receiver counts them), a string that is not
+    valid Unicode, or a message the decoder would refuse as too memory-hungry (see
+    :data:`MEMORY_FACTOR`). Thread-safe: a list, dict or bytearray another thread changes
+    meanwhile is written as it was when the walk reached it (each is copied first), so the
+    bytes never announce a length that disagrees with the items that follow, nor repeat a key.
     """
     out: list[bytes] = []
     budget = [MAX_ITEMS]
@@ -270,6 +275,8 @@ def encode(obj: Any) -> bytes:
         raise EncodeError(f"cannot encode message: a str is not valid Unicode ({exc.reason})") from None
     except Exception as exc:  # a to_fields hook failed, a dict changed size meanwhile, ...
         raise EncodeError(f"cannot encode message: {exc!r:.200}") from exc
+    if budget[0] < 0:  # addresses and ids are charged without a check of their own
+        raise EncodeError(f"message has more than {MAX_ITEMS} items")
     data = b"".join(out)
     n = len(data)
     # Run the decoder's memory check unless the item count alone proves it passes: no item

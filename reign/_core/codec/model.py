@@ -34,13 +34,16 @@ exception escapes :func:`decode` for bytes-like input):
 * nesting at most :data:`MAX_CBOR_DEPTH` CBOR levels (arrays, maps and tags each count one);
 * a CBOR array in map-key position decodes as a tuple (cbor2 decodes keys immutably). This is
   the one non-canonical form accepted: it yields exactly the value a tagged tuple would.
+* size: at most :data:`MAX_ITEMS` data items below the top level (every array element, map
+  key and value, and tag content);
 * memory: payloads over :data:`SCAN_THRESHOLD` bytes are first walked header by header in pure
-  Python (:func:`_scan`, no objects built) and refused when the Python objects they would
-  decode into are estimated (from CPython 3.11 object sizes, checked by the tests with
-  tracemalloc) to exceed :data:`MEMORY_FACTOR` bytes per payload byte. So decoding ``n`` bytes
-  builds at most ~``MEMORY_FACTOR * n`` bytes of objects; 1 MiB of empty arrays (65 bytes
-  each) or empty maps (72) is refused before anything is built. Smaller payloads cannot
-  amplify past ~72 x 4 KiB.
+  Python (:func:`~.scan.scan`, no objects built), which stops at the first container head past
+  :data:`MAX_ITEMS` and refuses a payload whose Python objects are estimated (from CPython 3.11
+  object sizes, checked by the tests with tracemalloc) to exceed :data:`MEMORY_FACTOR` bytes per
+  payload byte. So decoding ``n`` bytes builds at most ~``MEMORY_FACTOR * n`` bytes of objects,
+  and, whatever ``n``, at most MAX_ITEMS small objects besides the content of strings and byte
+  strings (measured: under 50 MiB); 1 MiB of empty arrays (65 bytes each) or empty maps (72)
+  is refused before anything is built. Smaller payloads cannot amplify past ~72 x 4 KiB.
 * :func:`encode` refuses (``EncodeError``) any message the decoder would refuse, so a sender
   learns of it instead of its peer dropping the connection.
 
@@ -82,11 +85,26 @@ MAX_DEPTH = 64
 #: MailboxID at the bottom adds 2 more, so the deepest encodable message needs 2*64+2.
 MAX_CBOR_DEPTH = 2 * MAX_DEPTH + 2
 
-#: Most container items (list/tuple items, dict keys and values, fields) one message may hold.
-#: A DAG that reuses a sublist can be exponentially larger than its object graph; this stops
-#: its walk (~0.5 s). Checking and writing an item costs ~0.1-0.3 us on each side, so 4 Mi
-#: items already stall an event loop for a second; bulk data belongs in ``bytes``.
-MAX_ITEMS = 1 << 22
+#: Most CBOR data items one message may hold below its top level: every array element, every
+#: map key and map value, and the content of every tag. So a list or tuple of n values counts n
+#: (a tuple 1 more, for its tag's array), a dict of n entries 2n, a registered object its fields
+#: plus 2 (the tag's array and the name), an Address or MailboxID 4 (the tag's array and its 3
+#: ints), each besides the item it is in its container; a str or bytes is one item at any length.
+#: :func:`encode` refuses a message over it (EncodeError), and the receiver's pre-scan refuses
+#: (DecodeError) at the first container head that goes past it, before anything is built; a
+#: payload of n bytes holds fewer than n items, so payloads up to SCAN_THRESHOLD never reach it.
+#:
+#: Why 2**19: a message is decoded in one go on the receiving node's event loop, and the dearest
+#: items cost ~0.5 us each there (pre-scan 0.2-0.3 us per head, cbor2, Python calls for tags, the
+#: cyclic GC scanning what was built). Measured by ``bench/decode_bounds.py`` (2 vCPU, CPython
+#: 3.11, default 16 MiB max_message_bytes, a shared machine): the dearest accepted message,
+#: distinct addresses up to the cap, blocks the loop 0.3 s and costs +22 MiB RSS; records
+#: ``[{"ab": 0}, ...]`` up to the cap 0.14 s and +45 MiB; 16 MiB of them is refused in 0.02 s.
+#: (Before, 4 Mi items were counted by the encoder only, and 16 MiB of ``[{"ab": 0}, ...]``
+#: was delivered after 3.7 s of blocked loop and +865 MiB RSS; 16 MiB of ``[[0], ...]`` 5.9 s.)
+#: It also stops the encoder's walk of a DAG that reuses a sublist (exponentially larger than
+#: its object graph) within ~0.1 s. Bulk data belongs in ``bytes`` or ``str``.
+MAX_ITEMS = 1 << 19
 
 #: Payloads larger than this are scanned (:func:`_scan`) before decoding. Below it the worst
 #: amplification (empty maps, 72 bytes of objects per byte) stays under 300 KiB, and skipping

@@ -1,8 +1,14 @@
 """The structural pre-scan of large payloads: walks CBOR headers without building objects, enforcing what cbor2
 enforces (depth, definite lengths, our tags only) plus no simple values, no trailing bytes,
-and the memory estimate. Weights are bytes of CPython 3.11 objects, each including the
-8-byte pointer held by its parent, fitted as upper bounds to tracemalloc measurements of
-cbor2 decoding (see tests/test_codec.py::test_memory_estimate_is_an_upper_bound).
+the item count and the memory estimate.
+
+The item count is :data:`~.model.MAX_ITEMS`'s, the encoder's own: each array head adds its
+length, each map head twice its length, each tag one (its content), so the walk stops at the
+first head past the cap, having looked at no more than ~MAX_ITEMS heads (runs of one-byte
+items are counted by their array's head and skipped with one regex match). Weights are bytes
+of CPython 3.11 objects, each including the 8-byte pointer held by its parent, fitted as upper
+bounds to tracemalloc measurements of cbor2 decoding (see
+tests/test_codec.py::test_memory_estimate_is_an_upper_bound).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import re
 import struct
 
 from ..._errors import DecodeError
-from .model import MAX_CBOR_DEPTH, MEMORY_FACTOR, TAG_ADDRESS, TAG_MAILBOX_ID, TAG_OBJECT, TAG_TUPLE
+from .model import MAX_CBOR_DEPTH, MAX_ITEMS, MEMORY_FACTOR, TAG_ADDRESS, TAG_MAILBOX_ID, TAG_OBJECT, TAG_TUPLE
 
 __all__ = ["scan"]
 
@@ -53,13 +59,17 @@ _EXPENSIVE_NEGATIVE = bytes(range(0x25, 0x38))  # -6 .. -24: int objects, not ca
 
 
 def scan(data: bytes) -> int:
-    """Check the structure of ``data`` and its decoded-memory estimate; raise DecodeError.
+    """Check the structure of ``data``, its item count and its decoded-memory estimate.
 
-    Returns the estimate (bytes of Python objects ``decode`` will build).
+    Returns the estimate (bytes of Python objects ``decode`` will build). Raises DecodeError
+    for anything ``decode`` would refuse on its structure (tags, depth, lengths, simple values,
+    trailing bytes), for more than MAX_ITEMS items and for an estimate over MEMORY_FACTOR
+    bytes per byte of ``data``.
     """
     n = len(data)
     budget = MEMORY_FACTOR * n
     weight = 4096  # fixed costs of one decode: a fresh pooled decoder, the stream, frames
+    items = 0  # data items below the top level, counted at their container's head (as encode does)
     i = 0
     stack: list[int] = []
     remaining = 1
@@ -128,6 +138,9 @@ def scan(data: bytes) -> int:
                 i = end
             elif major == 4:
                 if arg:
+                    items += arg
+                    if items > MAX_ITEMS:
+                        raise DecodeError(f"message has more than {MAX_ITEMS} items")
                     weight += _LIST_OVERHEAD[arg] if arg < 1024 else 136 + arg
                     stack.append(remaining)
                     remaining = arg
@@ -137,6 +150,9 @@ def scan(data: bytes) -> int:
                     weight += 65
             elif major == 5:
                 if arg:
+                    items += 2 * arg
+                    if items > MAX_ITEMS:
+                        raise DecodeError(f"message has more than {MAX_ITEMS} items")
                     weight += 73 + max(160 - 16 * arg, 40 * arg)
                     stack.append(remaining)
                     remaining = 2 * arg
@@ -154,6 +170,9 @@ def scan(data: bytes) -> int:
                 tag_weight = _TAG_WEIGHTS.get(arg)
                 if tag_weight is None:
                     raise DecodeError(f"CBOR tag {arg} is not allowed")
+                items += 1
+                if items > MAX_ITEMS:
+                    raise DecodeError(f"message has more than {MAX_ITEMS} items")
                 weight += tag_weight
                 stack.append(remaining)
                 remaining = 1
