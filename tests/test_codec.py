@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import typing
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -616,12 +617,121 @@ def test_refused_tag_contents(data: str, match: str) -> None:
     refused(h(data), match)
 
 
-def test_mailbox_closed_with_a_non_id_is_rebuilt_as_given() -> None:
-    # Field values are not type-checked against annotations (dataclasses do not either);
-    # only the value model is enforced. Pinned so a change here is deliberate.
-    out = decode(bytes.fromhex("d9c803 82".replace(" ", "")) + cbor2.dumps("reign.MailboxClosed") + b"\x01",
-                 make_address)
-    assert out == MailboxClosed(1)  # type: ignore[arg-type]
+def registered(name: str, *fields: Any) -> bytes:
+    """The wire form of a registered object ``name`` with these field values, unchecked."""
+    assert len(fields) < 23
+    return bytes.fromhex("d9c803") + bytes([0x81 + len(fields)]) + encode(name) + b"".join(map(encode, fields))
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "match"),
+    [
+        ("reign.MailboxClosed", "abc", "reign.MailboxClosed.id must be MailboxID, not str"),
+        ("reign.MailboxClosed", 1, "must be MailboxID, not int"),
+        ("reign.MailboxClosed", None, "must be MailboxID, not None"),
+        ("reign.MailboxClosed", (3, 4, 5), "must be MailboxID, not tuple"),
+        ("reign.MailboxClosed", make_address(MailboxID(3, 4, 5)), "must be MailboxID, not Address"),
+        ("reign.MailboxClosed", MultipleClaim("x"), "must be MailboxID, not MultipleClaim"),
+        ("reign.MultipleClaim", b"chat", "reign.MultipleClaim.name must be str, not bytes"),
+        ("reign.MultipleClaim", MailboxID(1, 2, 3), "must be str, not MailboxID"),
+    ],
+    ids=repr,
+)
+def test_library_messages_with_wrong_field_types_are_refused_on_both_sides(name: str, field: Any, match: str) -> None:
+    """Issue 13, item 9: ``MailboxClosed(id='abc')`` from a peer was delivered as is."""
+    refused(registered(name, field), match)
+    cls = MailboxClosed if name == "reign.MailboxClosed" else MultipleClaim
+    with pytest.raises(EncodeError, match=match):
+        encode([cls(field)])
+    assert registered("reign.MailboxClosed", MailboxID(3, 4, 5)) == encode(MailboxClosed(MailboxID(3, 4, 5)))
+
+
+@register_type(name="test.codec.Typed", check_fields=True)
+@dataclasses.dataclass(frozen=True)
+class Typed:
+    n: int
+    label: str | None
+    blob: bytes
+    where: Point
+    pair: tuple  # type: ignore[type-arg]  # exact class only: items are not checked
+    ratio: float
+    anything: Any = None
+
+
+@register_type(name="test.codec.TypedKw", check_fields=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TypedKw:
+    b: str
+    a: MailboxID | Address
+
+
+GOOD_TYPED = Typed(1, None, b"x", Point(1, 2), (1, "a"), 0.5, {"any": [1]})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"n": True}, "test.codec.Typed.n must be int, not bool"),
+        ({"n": 1.0}, "n must be int, not float"),
+        ({"label": b"x"}, "label must be str or None, not bytes"),
+        ({"blob": "x"}, "blob must be bytes, not str"),
+        ({"where": Money(1, "x")}, "where must be test_codec.Point, not test_codec.Money"),
+        ({"pair": [1, "a"]}, "pair must be tuple, not list"),
+        ({"ratio": 1}, "ratio must be float, not int"),
+    ],
+    ids=repr,
+)
+def test_check_fields_refuses_other_types_exactly(change: dict[str, Any], match: str) -> None:
+    bad = dataclasses.replace(GOOD_TYPED, **change)
+    with pytest.raises(EncodeError, match=match):
+        encode(bad)
+    refused(registered("test.codec.Typed", *(getattr(bad, f.name) for f in dataclasses.fields(Typed))), match)
+
+
+def test_check_fields_accepts_the_annotated_types() -> None:
+    for value in (
+        GOOD_TYPED,
+        dataclasses.replace(GOOD_TYPED, label="x", pair=(), anything=make_address(MailboxID(1, 2, 3))),
+        TypedKw(b="x", a=MailboxID(1, 2, 3)),
+        TypedKw(b="", a=make_address(MailboxID(1, 2, 3))),
+    ):
+        assert same(roundtrip(value), value)
+    # a bytearray is sent as bytes, so a bytes field takes one when sending
+    assert roundtrip(dataclasses.replace(GOOD_TYPED, blob=bytearray(b"ab"))) == dataclasses.replace(
+        GOOD_TYPED, blob=b"ab")
+    refused(registered("test.codec.TypedKw", "x", "not an id"), "TypedKw.a must be Address or MailboxID, not str")
+
+
+def test_check_fields_registration_rules() -> None:
+    T = typing.TypeVar("T")
+
+    def declare(annotation: Any, **kwargs: Any) -> None:
+        cls = dataclasses.make_dataclass("Bad", [("x", annotation)], frozen=True)
+        register_type(cls, name=f"test.codec.bad.{len(_types.BY_NAME)}", check_fields=True, **kwargs)
+
+    old_union = typing.Union[int, list[int]]  # noqa: UP007 - the typing.Union spelling is resolved too
+    for annotation in (list[int], dict[str, Any], T, typing.Literal[1], list[int] | None, old_union):
+        with pytest.raises(TypeError, match="check_fields checks exact classes"):
+            declare(annotation)
+    with pytest.raises(TypeError, match="annotate bytes"):
+        declare(bytearray)
+    with pytest.raises(TypeError, match="cannot resolve the annotations"):
+        declare("NoSuchName")
+    with pytest.raises(TypeError, match="check_fields is for dataclasses"):
+        register_type(Unregistered, to_fields=lambda o: [], from_fields=lambda f: Unregistered(), check_fields=True)
+    with pytest.raises(TypeError, match="must be a bool"):
+        register_type(Unregistered, check_fields=1)  # type: ignore[call-overload]
+    assert register_type(Typed, name="test.codec.Typed", check_fields=True) is Typed  # same again: no-op
+    with pytest.raises(ValueError, match="already registered with check_fields=True"):
+        register_type(Typed, name="test.codec.Typed")
+    with pytest.raises(ValueError, match="already registered with check_fields=False"):
+        register_type(Point, name="test.codec.Point", check_fields=True)
+    assert not any(name.startswith("test.codec.bad.") for name in _types.BY_NAME)  # nothing half-registered
+
+
+def test_unchecked_registered_types_still_take_any_field_values() -> None:
+    """Without check_fields (the default) only the value model applies, as dataclasses do."""
+    assert roundtrip(Point("not an int", b"y")) == Point("not an int", b"y")  # type: ignore[arg-type]
 
 
 class Strict:
