@@ -68,15 +68,27 @@ class Shape:
     unit_bytes: int
     unit_items: int
     value: Callable[[int], Any] | None = None  # count -> the same message as a Python value
+    max_count: int | None = None  # a shape that would take minutes before the fix is kept smaller
 
     def count(self, size: int, max_items: int | None) -> int:
         count = (size - 9) // self.unit_bytes
+        if self.max_count is not None:
+            count = min(count, self.max_count)
         return count if max_items is None else min(count, max_items // self.unit_items)
 
 
 def _units(unit: Callable[[int], bytes] | bytes, items: int, value: Callable[[int], Any] | None = None) -> Shape:
     size = len(unit if isinstance(unit, bytes) else unit(0))
     return Shape(lambda count: _array(unit, count), size, items, value)
+
+
+def _colliding_map(count: int) -> bytes:
+    """{(a, b): 0, ...} with ``count`` pairs of ints that share one hash value (hash flooding)."""
+    import cbor2
+
+    from hashflood_util import colliding_pairs  # tests/, on sys.path in the child
+
+    return b"\xba" + count.to_bytes(4, "big") + b"".join(cbor2.dumps(list(p)) + b"\x00" for p in colliding_pairs(count))
 
 
 def _blob(major: int, char: bytes, value: Callable[[int], Any]) -> Shape:
@@ -99,6 +111,7 @@ SHAPES: dict[str, Shape] = {
     "['ab', ...]": _units(b"\x62ab", 1),
     "['é', ...]": _units(_text("é"), 1),
     "{i: 0 for i in ...} one map": Shape(_map, 6, 2),
+    "{colliding pair: 0} (16k keys)": Shape(_colliding_map, 14, 4, max_count=16_000),
     "[Address, ...] distinct": _units(lambda i: b"\xd9\xc8\x02" + _id_parts(i), 5),
     "[MailboxID, ...] distinct": _units(lambda i: b"\xd9\xc8\x01" + _id_parts(i), 5),
     "[MultipleClaim(''), ...]": _units(b"\xd9\xc8\x03\x82" + _text("reign.MultipleClaim") + b"\x60", 4),

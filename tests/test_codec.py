@@ -33,9 +33,12 @@ from reign._core.codec import decoder as _decoder
 from reign._core.codec import encoder as _encoder
 from reign._core.codec import scan as _scan
 from reign._core.codec import types as _types
+from reign._core.codec.model import COLLISION_CHECK_KEYS, MAX_KEY_COLLISIONS
 from reign._core.ids import MailboxID
 from reign._core.messages import MailboxClosed, MultipleClaim
 from reign._errors import DecodeError, EncodeError
+
+from hashflood_util import colliding_ids, colliding_pairs
 
 NODE = object()  # Address only stores its node; the codec never touches it
 
@@ -1044,6 +1047,75 @@ def test_bulk_bytes_and_strings_stay_cheap_at_the_default_maximum_size(value: An
         tracemalloc.stop()
     assert elapsed < WORST_DECODE_SECONDS
     assert peak < peak_per_byte * len(data), f"{peak / len(data):.1f} bytes per byte"
+
+
+# ------------------------------------------------------------------------------ hash flooding
+
+def _map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\xba" + len(pairs).to_bytes(4, "big") + b"".join(k + v for k, v in pairs)
+
+
+def _untagged(key: tuple[int, ...]) -> bytes:
+    return cbor2.dumps(list(key))  # an array in key position: decodes as a tuple too
+
+
+needs_tuplehash = pytest.mark.skipif(
+    sys.hash_info.width != 64 or len({hash(p) for p in colliding_pairs(3)}) != 1,
+    reason="the collisions are computed for 64-bit CPython's tuple hash",
+)
+
+
+@needs_tuplehash
+def test_colliding_map_keys_are_refused_fast_on_both_sides() -> None:
+    """16,000 colliding pairs (219 KiB) blocked the decoder for 3.2 s; MAX_ITEMS allows 131,072."""
+    pairs = colliding_pairs(16_000)
+    assert len({hash(p) for p in pairs}) == 1
+    for data in (
+        _map([(_untagged(p), b"\x00") for p in pairs]),
+        _map([(encode(p), b"\x00") for p in pairs]),  # tagged tuples
+        _map([(encode(m), b"\x00") for m in colliding_ids(16_000)]),
+        _map([(encode(make_address(m)), b"\x00") for m in colliding_ids(16_000)]),
+        _map([(encode(Point(p[0], p[1])), b"\x00") for p in pairs]),  # a frozen dataclass: its fields' hash
+    ):
+        started = time.perf_counter()
+        with pytest.raises(DecodeError, match=f"more than {MAX_KEY_COLLISIONS} distinct map keys share one hash"):
+            decode(data, make_address)
+        assert time.perf_counter() - started < WORST_DECODE_SECONDS
+    few = dict.fromkeys(pairs[:200], 0)  # the sender's dict of 200 is still cheap to build
+    with pytest.raises(EncodeError, match="share one hash value"):
+        encode(few)
+    with pytest.raises(EncodeError, match="share one hash value"):
+        encode([{m: 0} for m in colliding_ids(200)])  # across maps too: each key is hashed once
+
+
+@needs_tuplehash
+def test_key_collisions_boundary() -> None:
+    pad = [((1 << 40) + i, i) for i in range(COLLISION_CHECK_KEYS)]  # distinct hashes
+    for limit_ok, count in ((True, MAX_KEY_COLLISIONS), (False, MAX_KEY_COLLISIONS + 1)):
+        value = dict.fromkeys(pad + colliding_pairs(count), 0)
+        value["p"] = "p" * SCAN_THRESHOLD  # scanned by the receiver
+        if limit_ok:
+            assert roundtrip(value) == value
+        else:
+            with pytest.raises(EncodeError, match="share one hash"):
+                encode(value)
+            refused_bytes = _map([(_untagged(k), b"\x00") for k in pad + colliding_pairs(count)]
+                                 + [(encode("p"), encode("p" * SCAN_THRESHOLD))])
+            with pytest.raises(DecodeError, match="share one hash"):
+                decode(refused_bytes, make_address)
+    # Up to COLLISION_CHECK_KEYS composite keys are not checked at all (their cost is bounded).
+    few = dict.fromkeys(colliding_pairs(COLLISION_CHECK_KEYS), 0)
+    assert decode(_map([(_untagged(k), b"\x00") for k in few] + [(encode("p"), PAD)]), make_address) == {
+        **few, "p": "p" * (SCAN_THRESHOLD + 100)}
+
+
+def test_equal_keys_and_natural_collisions_are_not_flooding() -> None:
+    # hash(-1) == hash(-2): (-1, 0) and (-2, 0) collide, naturally, in every map of the list.
+    maps = [{(-1, 0): i, (-2, 0): i, MailboxID(1, 2, i): i, make_address(MailboxID(1, 2, 3)): i} for i in range(500)]
+    assert len(encode(maps)) > SCAN_THRESHOLD
+    assert roundtrip(maps) == maps
+    many = {make_address(MailboxID(3, 2**62 + i, i)): i for i in range(20_000)}
+    assert roundtrip(many) == many
 
 
 def test_scan_and_cbor2_agree_on_depth_limit() -> None:

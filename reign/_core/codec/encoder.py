@@ -20,16 +20,19 @@ from ..._errors import DecodeError, EncodeError
 from ..address import Address
 from ..ids import MailboxID
 from .model import (
+    COLLISION_CHECK_KEYS,
     INT_LIMIT,
     INT_MIN,
     MAX_DEPTH,
     MAX_ITEMS,
     MEMORY_FACTOR,
+    SCALAR_KEYS,
     SCAN_THRESHOLD,
     TAG_ADDRESS,
     TAG_MAILBOX_ID,
     TAG_OBJECT,
     TAG_TUPLE,
+    key_collisions,
 )
 from .scan import scan
 from .types import BY_TYPE
@@ -128,8 +131,12 @@ def _atom_bytes(text: str) -> bytes:
     return encoded
 
 
-def _put(obj: Any, out: list[bytes], depth: int, budget: list[int]) -> None:
-    """Append the CBOR bytes of ``obj`` to ``out``; raise EncodeError (or _TooDeep)."""
+def _put(obj: Any, out: list[bytes], depth: int, budget: list[Any]) -> None:
+    """Append the CBOR bytes of ``obj`` to ``out``; raise EncodeError (or _TooDeep).
+
+    ``budget[0]`` is the count of items still allowed (MAX_ITEMS); the composite map keys met
+    so far follow it, for the hash check at the end of :func:`encode`.
+    """
     t = type(obj)
     append = out.append
     if t is str:
@@ -160,7 +167,7 @@ def _put(obj: Any, out: list[bytes], depth: int, budget: list[int]) -> None:
         _put_container(obj, t, out, depth, budget)
 
 
-def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list[int]) -> None:
+def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list[Any]) -> None:
     """:func:`_put` for a dict, list, tuple or registered object (anything else: EncodeError)."""
     # Header and items must agree although the walk is Python and another thread may change a
     # container between two items (a dict can then even yield a key twice): lists and dicts
@@ -200,6 +207,8 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
                 if type(key) is str:
                     append(atoms.get(key) or _atom_bytes(key))
                 else:
+                    if type(key) not in SCALAR_KEYS:
+                        budget.append(key)
                     _put(key, out, depth, budget)
                 # _put's two commonest branches, inlined here and in the loop below on purpose:
                 # a call per item would cost ~0.1 us, a tenth of encoding a small message.
@@ -252,12 +261,13 @@ def encode(obj: Any) -> bytes:
     type), a cyclic structure, nesting deeper than :data:`MAX_DEPTH`, more than
     :data:`MAX_ITEMS` items (counted exactly as the receiver counts them), a string that is not
     valid Unicode, or a message the decoder would refuse as too memory-hungry (see
-    :data:`MEMORY_FACTOR`). Thread-safe: a list, dict or bytearray another thread changes
-    meanwhile is written as it was when the walk reached it (each is copied first), so the
-    bytes never announce a length that disagrees with the items that follow, nor repeat a key.
+    :data:`MEMORY_FACTOR`) or as hash flooding (see :data:`MAX_KEY_COLLISIONS`).
+    Thread-safe: a list, dict or bytearray another thread changes meanwhile is written as it
+    was when the walk reached it (each is copied first), so the bytes never announce a length
+    that disagrees with the items that follow, nor repeat a key.
     """
     out: list[bytes] = []
-    budget = [MAX_ITEMS]
+    budget: list[Any] = [MAX_ITEMS]
     t = type(obj)
     try:
         if t is dict or t is tuple or t is list:  # the usual message: straight to the container
@@ -277,6 +287,13 @@ def encode(obj: Any) -> bytes:
         raise EncodeError(f"cannot encode message: {exc!r:.200}") from exc
     if budget[0] < 0:  # addresses and ids are charged without a check of their own
         raise EncodeError(f"message has more than {MAX_ITEMS} items")
+    if len(budget) > COLLISION_CHECK_KEYS + 1:
+        try:
+            reason = key_collisions(budget[1:])
+        except Exception as exc:  # a registered key's __eq__ raised
+            raise EncodeError(f"cannot encode message: {exc!r:.200}") from exc
+        if reason is not None:
+            raise EncodeError(f"the receiver would refuse this message: {reason}")
     data = b"".join(out)
     n = len(data)
     # Run the decoder's memory check unless the item count alone proves it passes: no item

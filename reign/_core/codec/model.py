@@ -44,6 +44,11 @@ exception escapes :func:`decode` for bytes-like input):
   and, whatever ``n``, at most MAX_ITEMS small objects besides the content of strings and byte
   strings (measured: under 50 MiB); 1 MiB of empty arrays (65 bytes each) or empty maps (72)
   is refused before anything is built. Smaller payloads cannot amplify past ~72 x 4 KiB.
+* time: payloads over SCAN_THRESHOLD with more than :data:`COLLISION_CHECK_KEYS` composite
+  map keys (arrays and tags in key position) have those keys decoded and hashed first, and
+  are refused when more than :data:`MAX_KEY_COLLISIONS` distinct keys share a hash value (the
+  hashes of tuples of ints can be solved for, and a dict of colliding keys takes quadratic
+  time to build). So decoding is linear in the payload, apart from cbor2's own work.
 * :func:`encode` refuses (``EncodeError``) any message the decoder would refuse, so a sender
   learns of it instead of its peer dropping the connection.
 
@@ -52,6 +57,9 @@ name, not the Python class path, identifies the class on the wire.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from ..address import Address
 from ..ids import MailboxID
@@ -62,6 +70,9 @@ __all__ = [
     "MAX_ITEMS",
     "SCAN_THRESHOLD",
     "MEMORY_FACTOR",
+    "COLLISION_CHECK_KEYS",
+    "MAX_KEY_COLLISIONS",
+    "key_collisions",
     "TAG_TUPLE",
     "TAG_MAILBOX_ID",
     "TAG_ADDRESS",
@@ -70,6 +81,7 @@ __all__ = [
     "INT_LIMIT",
     "LEAVES",
     "BUILTIN_TYPES",
+    "SCALAR_KEYS",
 ]
 
 #: Deepest nesting of containers (list, tuple, dict, registered object) a message may have;
@@ -117,6 +129,21 @@ SCAN_THRESHOLD = 4096
 #: 60 refuses the pure "empty containers" bombs while accepting every realistic shape.
 MEMORY_FACTOR = 60
 
+#: Composite map keys (tuples, addresses, ids, registered objects: an array or a tag in key
+#: position) a message may hold before their hash values are checked. Python randomises the
+#: hashes of str and bytes but not of ints, so an attacker can solve for tuples of ints (and
+#: ids, whose hash is their fields' tuple's) that all share one hash value: building a dict of
+#: n such keys then costs n**2/2 key comparisons. Measured here before the check: 16,000
+#: colliding pairs (219 KiB) blocked decoding for 3.2 s, and the MAX_ITEMS cap allows 131,072
+#: (~200 s). Up to 16 keys, even all colliding and each as large as MAX_ITEMS allows, cost at
+#: most 120 key comparisons (measured: 0.02 s for keys of 32k ints, 0.07 s for keys of 6.5k
+#: MailboxIDs, whose == is Python code); past 16, each key is hashed before decoding.
+COLLISION_CHECK_KEYS = 16
+#: Most distinct composite map keys of one message that may share a hash value. Natural
+#: collisions are rare and small (hash(-1) == hash(-2), so (-1, 0) and (-2, 0) collide); 8
+#: bounds each dict insertion to 8 comparisons, so building the dicts stays linear.
+MAX_KEY_COLLISIONS = 8
+
 TAG_TUPLE = 51200
 TAG_MAILBOX_ID = 51201
 TAG_ADDRESS = 51202
@@ -130,3 +157,29 @@ NoneType = type(None)
 LEAVES = frozenset({NoneType, bool, float, str, bytes, bytearray, Address, MailboxID})
 #: Types register_type refuses: the codec already has a meaning for them.
 BUILTIN_TYPES = frozenset({*LEAVES, int, list, tuple, dict})
+#: Map key types that are not composite (their hash collisions are bounded or seeded).
+SCALAR_KEYS = frozenset({NoneType, bool, int, float, bytes})
+
+
+def key_collisions(keys: Iterable[Any]) -> str | None:
+    """Why building dicts with the composite map keys ``keys`` (of one message) would be slow:
+    more than MAX_KEY_COLLISIONS distinct keys sharing one hash value; None if it would not.
+
+    Linear: each key is hashed once and compared with at most MAX_KEY_COLLISIONS others.
+    Raises what ``hash`` or ``==`` of a key raises (an unhashable registered object).
+    """
+    buckets: dict[int, list[Any]] = {}  # int keys: their own hashes collide at most ~4 ways
+    for key in keys:
+        h = hash(key)
+        bucket = buckets.get(h)
+        if bucket is None:
+            buckets[h] = [key]
+            continue
+        for other in bucket:
+            if other is key or other == key:
+                break
+        else:
+            if len(bucket) >= MAX_KEY_COLLISIONS:
+                return f"more than {MAX_KEY_COLLISIONS} distinct map keys share one hash value (hash flooding)"
+            bucket.append(key)
+    return None

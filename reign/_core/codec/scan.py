@@ -5,7 +5,10 @@ the item count and the memory estimate.
 The item count is :data:`~.model.MAX_ITEMS`'s, the encoder's own: each array head adds its
 length, each map head twice its length, each tag one (its content), so the walk stops at the
 first head past the cap, having looked at no more than ~MAX_ITEMS heads (runs of one-byte
-items are counted by their array's head and skipped with one regex match). Weights are bytes
+items are counted by their array's head and skipped with one regex match). It also finds the
+composite map keys (an array or a tag in key position), for the decoder's hash check
+(:data:`~.model.COLLISION_CHECK_KEYS`); tracking maps costs map-heavy payloads ~10% more
+scanning, map-free ones one test per container. Weights are bytes
 of CPython 3.11 objects, each including the 8-byte pointer held by its parent, fitted as upper
 bounds to tracemalloc measurements of cbor2 decoding (see
 tests/test_codec.py::test_memory_estimate_is_an_upper_bound).
@@ -56,15 +59,19 @@ _NON_ASCII = re.compile(rb"[\x80-\xff]")
 _RUN = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\x80\xa0\xf4-\xf6]+")
 _IS_RUN = bytes(1 if _RUN.fullmatch(bytes([b])) else 0 for b in range(256))
 _EXPENSIVE_NEGATIVE = bytes(range(0x25, 0x38))  # -6 .. -24: int objects, not cached
+#: Bytes of a head's argument after its initial byte, by additional information 0..27.
+_ARG_BYTES = (0,) * 24 + (1, 2, 4, 8)
 
 
-def scan(data: bytes) -> int:
+def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
     """Check the structure of ``data``, its item count and its decoded-memory estimate.
 
     Returns the estimate (bytes of Python objects ``decode`` will build). Raises DecodeError
     for anything ``decode`` would refuse on its structure (tags, depth, lengths, simple values,
     trailing bytes), for more than MAX_ITEMS items and for an estimate over MEMORY_FACTOR
-    bytes per byte of ``data``.
+    bytes per byte of ``data``. If ``keys`` is given, the ``(start, end)`` offsets of every
+    composite map key (an array or a tag in key position: what decodes to a tuple, an
+    Address, a MailboxID or a registered object) are appended to it, in order.
     """
     n = len(data)
     budget = MEMORY_FACTOR * n
@@ -74,12 +81,25 @@ def scan(data: bytes) -> int:
     stack: list[int] = []
     remaining = 1
     is_run = _IS_RUN
+    # Composite map keys: ``maps`` holds the stack depth of each map being walked (its items
+    # are walked at that depth); a key starting at depth ``key_depth`` ends when the walk pops
+    # back to it (-1: not inside a key). Map-free payloads pay one test per container end.
+    spans = keys if keys is not None else []
+    maps: list[int] = []
+    key_at = key_depth = -1
     try:
         while True:
             if not remaining:
                 if not stack:
                     break
                 remaining = stack.pop()
+                if maps:
+                    depth = len(stack)
+                    if depth == key_depth:
+                        spans.append((key_at, i))
+                        key_depth = -1
+                    if maps[-1] > depth:
+                        maps.pop()
                 continue
             b = data[i]
             if remaining >= 16 and is_run[b] and is_run[data[i + 1]] and is_run[data[i + 2]]:
@@ -137,6 +157,12 @@ def scan(data: bytes) -> int:
                     weight += 88 + 4 * arg
                 i = end
             elif major == 4:
+                if maps and remaining & 1 and key_depth < 0 and maps[-1] == len(stack):  # a map key
+                    key_at = i - 1 - _ARG_BYTES[info]
+                    if arg:
+                        key_depth = len(stack)
+                    else:
+                        spans.append((key_at, i))
                 if arg:
                     items += arg
                     if items > MAX_ITEMS:
@@ -156,6 +182,7 @@ def scan(data: bytes) -> int:
                     weight += 73 + max(160 - 16 * arg, 40 * arg)
                     stack.append(remaining)
                     remaining = 2 * arg
+                    maps.append(len(stack))
                     if len(stack) > MAX_CBOR_DEPTH:
                         raise DecodeError(f"CBOR nesting deeper than {MAX_CBOR_DEPTH} levels")
                 else:
@@ -174,6 +201,9 @@ def scan(data: bytes) -> int:
                 if items > MAX_ITEMS:
                     raise DecodeError(f"message has more than {MAX_ITEMS} items")
                 weight += tag_weight
+                if maps and remaining & 1 and key_depth < 0 and maps[-1] == len(stack):  # a map key
+                    key_at = i - 1 - _ARG_BYTES[info]
+                    key_depth = len(stack)
                 stack.append(remaining)
                 remaining = 1
                 if len(stack) > MAX_CBOR_DEPTH:

@@ -203,7 +203,8 @@ def register_type(
     ``register_type(cls, name=...)``; returns ``cls``. A dataclass is sent as its fields in
     field order and rebuilt with ``cls(*fields)`` (every field must be an ``init`` field). Any
     other class needs both hooks: ``to_fields(obj) -> list`` (may be called more than once per
-    send, so it must not have side effects) and ``from_fields(list) -> obj``. The default name
+    send, so it must not have side effects) and ``from_fields(list) -> obj`` (called twice for
+    an object used as a map key in a large message, so side-effect free as well). The default name
     is ``f"{cls.__module__}.{cls.__qualname__}"``; every node must register the same name.
 
     Field values are not checked against annotations unless ``check_fields=True`` (dataclasses
