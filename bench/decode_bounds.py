@@ -22,6 +22,7 @@ run one after the other (one core), ~1-2 minutes in all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -31,6 +32,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from reign._core.codec import encode
+from reign._core.ids import MailboxID
+from reign._core.messages import MailboxClosed
 
 READ = 256 * 1024
 MIB = 1 << 20
@@ -82,6 +87,10 @@ def _units(unit: Callable[[int], bytes] | bytes, items: int, value: Callable[[in
     return Shape(lambda count: _array(unit, count), size, items, value)
 
 
+def _mailbox_closed(i: int) -> bytes:
+    return encode(MailboxClosed(MailboxID(3, 2**62 + i, i)))
+
+
 def _colliding_map(count: int) -> bytes:
     """{(a, b): 0, ...} with ``count`` pairs of ints that share one hash value (hash flooding)."""
     import cbor2
@@ -115,8 +124,8 @@ SHAPES: dict[str, Shape] = {
     "[Address, ...] distinct": _units(lambda i: b"\xd9\xc8\x02" + _id_parts(i), 5),
     "[MailboxID, ...] distinct": _units(lambda i: b"\xd9\xc8\x01" + _id_parts(i), 5),
     "[MultipleClaim(''), ...]": _units(b"\xd9\xc8\x03\x82" + _text("reign.MultipleClaim") + b"\x60", 4),
-    "[MailboxClosed(id), ...]": _units(
-        lambda i: b"\xd9\xc8\x03\x82" + _text("reign.MailboxClosed") + b"\xd9\xc8\x01" + _id_parts(i), 8),
+    # the slot, the tag's array, the name, each field, the id's 4 (any other field is a leaf)
+    "[MailboxClosed(id), ...]": _units(_mailbox_closed, 3 + len(dataclasses.fields(MailboxClosed)) + 4),
     "bytes (bulk)": _blob(2, b"\x00", bytes),
     "str ascii": _blob(3, b"a", lambda n: "a" * n),
     "str 3-byte chars": _blob(3, "€".encode(), lambda n: "€" * n),
