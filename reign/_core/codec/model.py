@@ -50,7 +50,11 @@ exception escapes :func:`decode` for bytes-like input):
   hashes of tuples of ints can be solved for, and a dict of colliding keys takes quadratic
   time to build). So decoding is linear in the payload, apart from cbor2's own work.
 * :func:`encode` refuses (``EncodeError``) any message the decoder would refuse, so a sender
-  learns of it instead of its peer dropping the connection.
+  learns of it instead of its peer dropping the connection. (Hash values differ between
+  processes only for keys holding str, bytes or None, which cannot be made to collide, so both
+  sides agree on hash flooding too.)
+* a registered class declared with ``check_fields=True`` (the library's messages are) arrives
+  only with fields of its annotated types (see :mod:`.types`).
 
 Registry: :func:`register_type` is process-global (like Go's ``gob.Register``); the registered
 name, not the Python class path, identifies the class on the wire.
@@ -135,9 +139,9 @@ MEMORY_FACTOR = 60
 #: ids, whose hash is their fields' tuple's) that all share one hash value: building a dict of
 #: n such keys then costs n**2/2 key comparisons. Measured here before the check: 16,000
 #: colliding pairs (219 KiB) blocked decoding for 3.2 s, and the MAX_ITEMS cap allows 131,072
-#: (~200 s). Up to 16 keys, even all colliding and each as large as MAX_ITEMS allows, cost at
-#: most 120 key comparisons (measured: 0.02 s for keys of 32k ints, 0.07 s for keys of 6.5k
-#: MailboxIDs, whose == is Python code); past 16, each key is hashed before decoding.
+#: (~200 s, extrapolated). Up to 16 keys, even all colliding and each as large as MAX_ITEMS
+#: allows, cost at most 120 key comparisons (measured: 0.02 s for keys of 32k ints, 0.07 s for
+#: keys of 6.5k MailboxIDs, whose == is Python code); past 16, each key is hashed first.
 COLLISION_CHECK_KEYS = 16
 #: Most distinct composite map keys of one message that may share a hash value. Natural
 #: collisions are rare and small (hash(-1) == hash(-2), so (-1, 0) and (-2, 0) collide); 8
