@@ -113,9 +113,10 @@ MAX_CBOR_DEPTH = 2 * MAX_DEPTH + 2
 #: Why 2**19: a message is decoded in one go on the receiving node's event loop, and the dearest
 #: items cost ~0.5 us each there (pre-scan 0.2-0.3 us per head, cbor2, Python calls for tags, the
 #: cyclic GC scanning what was built). Measured by ``bench/decode_bounds.py`` (2 vCPU, CPython
-#: 3.11, default 16 MiB max_message_bytes, a shared machine): the dearest accepted message,
-#: distinct addresses up to the cap, blocks the loop 0.3 s and costs +22 MiB RSS; records
-#: ``[{"ab": 0}, ...]`` up to the cap 0.14 s and +45 MiB; 16 MiB of them is refused in 0.02 s.
+#: 3.11, default 16 MiB max_message_bytes, a shared machine): the dearest accepted messages,
+#: distinct addresses or library messages up to the cap, block the loop 0.25-0.4 s and cost
+#: +9 to +22 MiB RSS; records ``[{"ab": 0}, ...]`` up to the cap 0.16 s and +45 MiB (the most
+#: memory of any shape); 16 MiB of them is refused in 0.01 s, +16 MiB (the frame itself).
 #: (Before, 4 Mi items were counted by the encoder only, and 16 MiB of ``[{"ab": 0}, ...]``
 #: was delivered after 3.7 s of blocked loop and +865 MiB RSS; 16 MiB of ``[[0], ...]`` 5.9 s.)
 #: It also stops the encoder's walk of a DAG that reuses a sublist (exponentially larger than
