@@ -33,7 +33,7 @@ from .model import (
     TAG_TUPLE,
     key_collisions,
 )
-from .scan import scan
+from .scan import walk
 from .types import BY_NAME, BY_TYPE
 
 __all__ = ["decode", "BatchDecoder", "ADDRESS_CACHE_SIZE"]
@@ -183,11 +183,9 @@ def _has_simple(value: Any) -> bool:
     return False  # an address from make_address, or a plain value
 
 
-def _scan(data: bytes, make_address: Callable[[MailboxID], Any]) -> None:
-    """The pre-scan of a large payload, then the hash check of its composite map keys if it
-    has more than COLLISION_CHECK_KEYS of them; DecodeError for either."""
-    keys: list[tuple[int, int]] = []
-    scan(data, keys)
+def _check_keys(data: bytes, keys: list[tuple[int, int]], make_address: Callable[[MailboxID], Any]) -> None:
+    """DecodeError if the composite map keys at ``keys`` in ``data`` (found by the pre-scan)
+    are hash flooding (:func:`~.model.key_collisions`); nothing for COLLISION_CHECK_KEYS or fewer."""
     if len(keys) <= COLLISION_CHECK_KEYS:
         return
     # Each key is decoded alone in key position, as the one key of a map {key: null}: then
@@ -345,7 +343,10 @@ class BatchDecoder:
     def _decode_at(self, start: int, end: int) -> Any:
         try:
             if end - start > SCAN_THRESHOLD:
-                _scan(self._data[start:end], self._make_address)  # refuses simple values too
+                payload = self._data[start:end]
+                keys = walk(payload)[1]  # refuses simple values too
+                if keys is not None:
+                    _check_keys(payload, keys, self._make_address)
                 check_simple = False
             else:
                 mark = self._mark
@@ -403,7 +404,9 @@ def _decode_with(dec: _Decoder, data: bytes | bytearray | memoryview) -> Any:
     n = len(data)
     check_simple = False
     if n > SCAN_THRESHOLD:
-        _scan(data, dec.make_address)  # type: ignore[arg-type]
+        keys = walk(data)[1]
+        if keys is not None:
+            _check_keys(data, keys, dec.make_address)  # type: ignore[arg-type]
     elif data.translate(None, _NOT_SIMPLE):
         check_simple = True
     cbor = dec.cbor

@@ -20,7 +20,6 @@ from ..._errors import DecodeError, EncodeError
 from ..address import Address
 from ..ids import MailboxID
 from .model import (
-    COLLISION_CHECK_KEYS,
     INT_LIMIT,
     INT_MIN,
     MAX_DEPTH,
@@ -32,7 +31,7 @@ from .model import (
     TAG_MAILBOX_ID,
     TAG_OBJECT,
     TAG_TUPLE,
-    key_collisions,
+    KeyGuard,
 )
 from .scan import scan
 from .types import BY_TYPE
@@ -134,8 +133,8 @@ def _atom_bytes(text: str) -> bytes:
 def _put(obj: Any, out: list[bytes], depth: int, budget: list[Any]) -> None:
     """Append the CBOR bytes of ``obj`` to ``out``; raise EncodeError (or _TooDeep).
 
-    ``budget[0]`` is the count of items still allowed (MAX_ITEMS); the composite map keys met
-    so far follow it, for the hash check at the end of :func:`encode`.
+    ``budget[0]`` is the count of items still allowed (MAX_ITEMS); ``budget[1]``, once the
+    message has a composite map key, the :class:`KeyGuard` of its keys.
     """
     t = type(obj)
     append = out.append
@@ -155,7 +154,9 @@ def _put(obj: Any, out: list[bytes], depth: int, budget: list[Any]) -> None:
     elif t is Address:
         mid = obj.id
         append(_pack_id(_ADDRESS_PREFIX, mid.node, 0x1B, mid.incarnation, 0x1B, mid.serial))
-        budget[0] -= 4  # its tag's array and the array's 3 ints (checked at the end of encode)
+        budget[0] -= 4  # its tag's array and the array's 3 ints
+        if budget[0] < 0:
+            raise EncodeError(f"message has more than {MAX_ITEMS} items")
     elif t is bytes or t is bytearray:
         data = bytes(obj) if t is bytearray else obj  # a snapshot first, then its length
         append(_head(2, len(data)))
@@ -163,8 +164,20 @@ def _put(obj: Any, out: list[bytes], depth: int, budget: list[Any]) -> None:
     elif t is MailboxID:
         append(_pack_id(_MAILBOX_ID_PREFIX, obj.node, 0x1B, obj.incarnation, 0x1B, obj.serial))
         budget[0] -= 4
+        if budget[0] < 0:
+            raise EncodeError(f"message has more than {MAX_ITEMS} items")
     else:
         _put_container(obj, t, out, depth, budget)
+
+
+def _guard_key(key: Any, budget: list[Any]) -> None:
+    """Feed a composite map key to the message's hash-flooding check (``budget[1]``, made at the
+    first such key); EncodeError when the receiver would refuse the keys so far."""
+    if len(budget) == 1:
+        budget.append(KeyGuard())
+    reason = budget[1].add(key)  # what a key's == raises becomes encode's EncodeError
+    if reason is not None:
+        raise EncodeError(f"the receiver would refuse this message: {reason}")
 
 
 def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list[Any]) -> None:
@@ -208,7 +221,7 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
                     append(atoms.get(key) or _atom_bytes(key))
                 else:
                     if type(key) not in SCALAR_KEYS:
-                        budget.append(key)
+                        _guard_key(key, budget)
                     _put(key, out, depth, budget)
                 # _put's two commonest branches, inlined here and in the loop below on purpose:
                 # a call per item would cost ~0.1 us, a tenth of encoding a small message.
@@ -285,15 +298,6 @@ def encode(obj: Any) -> bytes:
         raise EncodeError(f"cannot encode message: a str is not valid Unicode ({exc.reason})") from None
     except Exception as exc:  # a to_fields hook failed, a dict changed size meanwhile, ...
         raise EncodeError(f"cannot encode message: {exc!r:.200}") from exc
-    if budget[0] < 0:  # addresses and ids are charged without a check of their own
-        raise EncodeError(f"message has more than {MAX_ITEMS} items")
-    if len(budget) > COLLISION_CHECK_KEYS + 1:
-        try:
-            reason = key_collisions(budget[1:])
-        except Exception as exc:  # a registered key's __eq__ raised
-            raise EncodeError(f"cannot encode message: {exc!r:.200}") from exc
-        if reason is not None:
-            raise EncodeError(f"the receiver would refuse this message: {reason}")
     data = b"".join(out)
     n = len(data)
     # Run the decoder's memory check unless the item count alone proves it passes: no item

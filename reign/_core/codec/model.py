@@ -76,6 +76,7 @@ __all__ = [
     "MEMORY_FACTOR",
     "COLLISION_CHECK_KEYS",
     "MAX_KEY_COLLISIONS",
+    "KeyGuard",
     "key_collisions",
     "TAG_TUPLE",
     "TAG_MAILBOX_ID",
@@ -166,25 +167,56 @@ BUILTIN_TYPES = frozenset({*LEAVES, int, list, tuple, dict})
 SCALAR_KEYS = frozenset({NoneType, bool, int, float, bytes})
 
 
-def key_collisions(keys: Iterable[Any]) -> str | None:
-    """Why building dicts with the composite map keys ``keys`` (of one message) would be slow:
-    more than MAX_KEY_COLLISIONS distinct keys sharing one hash value; None if it would not.
+class KeyGuard:
+    """The hash-flooding check of one message's composite map keys, fed one key at a time.
 
-    Linear: each key is hashed once and compared with at most MAX_KEY_COLLISIONS others.
-    Raises what ``hash`` or ``==`` of a key raises (an unhashable registered object).
+    The first COLLISION_CHECK_KEYS keys are only kept; from the next one on, every key (those
+    kept included) is bucketed by hash value, and :meth:`add` returns why the message is
+    refused once more than MAX_KEY_COLLISIONS distinct keys share one. Linear: each key is
+    hashed once and compared with at most MAX_KEY_COLLISIONS others. ``add`` raises what
+    ``hash`` or ``==`` of a key raises (an unhashable registered object).
     """
-    buckets: dict[int, list[Any]] = {}  # int keys: their own hashes collide at most ~4 ways
-    for key in keys:
-        h = hash(key)
-        bucket = buckets.get(h)
-        if bucket is None:
-            buckets[h] = [key]
-            continue
-        for other in bucket:
-            if other is key or other == key:
-                break
+
+    __slots__ = ("_kept", "_buckets")
+
+    def __init__(self) -> None:
+        self._kept: list[Any] = []
+        self._buckets: dict[int, list[Any]] | None = None  # int keys: collide at most ~4 ways
+
+    def add(self, key: Any) -> str | None:
+        buckets = self._buckets
+        if buckets is None:
+            kept = self._kept
+            kept.append(key)
+            if len(kept) <= COLLISION_CHECK_KEYS:
+                return None
+            self._buckets = buckets = {}
+            self._kept = []
+            keys: Iterable[Any] = kept
         else:
-            if len(bucket) >= MAX_KEY_COLLISIONS:
-                return f"more than {MAX_KEY_COLLISIONS} distinct map keys share one hash value (hash flooding)"
-            bucket.append(key)
+            keys = (key,)
+        for one in keys:
+            h = hash(one)
+            bucket = buckets.get(h)
+            if bucket is None:
+                buckets[h] = [one]
+                continue
+            for other in bucket:
+                if other is one or other == one:
+                    break
+            else:
+                if len(bucket) >= MAX_KEY_COLLISIONS:
+                    return f"more than {MAX_KEY_COLLISIONS} distinct map keys share one hash value (hash flooding)"
+                bucket.append(one)
+        return None
+
+
+def key_collisions(keys: Iterable[Any]) -> str | None:
+    """Why the composite map keys ``keys`` of one message are hash flooding, or None (see
+    :class:`KeyGuard`: nothing is checked for COLLISION_CHECK_KEYS keys or fewer)."""
+    guard = KeyGuard()
+    for key in keys:
+        reason = guard.add(key)
+        if reason is not None:
+            return reason
     return None

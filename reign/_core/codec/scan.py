@@ -22,7 +22,7 @@ import struct
 from ..._errors import DecodeError
 from .model import MAX_CBOR_DEPTH, MAX_ITEMS, MEMORY_FACTOR, TAG_ADDRESS, TAG_MAILBOX_ID, TAG_OBJECT, TAG_TUPLE
 
-__all__ = ["scan"]
+__all__ = ["scan", "walk"]
 
 
 _U32 = struct.Struct(">I").unpack_from
@@ -63,15 +63,20 @@ _EXPENSIVE_NEGATIVE = bytes(range(0x25, 0x38))  # -6 .. -24: int objects, not ca
 _ARG_BYTES = (0,) * 24 + (1, 2, 4, 8)
 
 
-def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
+def scan(data: bytes) -> int:
+    """:func:`walk`'s estimate (for the encoder's memory check and the tests)."""
+    return walk(data)[0]
+
+
+def walk(data: bytes) -> tuple[int, list[tuple[int, int]] | None]:
     """Check the structure of ``data``, its item count and its decoded-memory estimate.
 
-    Returns the estimate (bytes of Python objects ``decode`` will build). Raises DecodeError
-    for anything ``decode`` would refuse on its structure (tags, depth, lengths, simple values,
-    trailing bytes), for more than MAX_ITEMS items and for an estimate over MEMORY_FACTOR
-    bytes per byte of ``data``. If ``keys`` is given, the ``(start, end)`` offsets of every
-    composite map key (an array or a tag in key position: what decodes to a tuple, an
-    Address, a MailboxID or a registered object) are appended to it, in order.
+    Returns the estimate (bytes of Python objects ``decode`` will build) and the ``(start,
+    end)`` offsets of every composite map key (an array or a tag in key position: what
+    decodes to a tuple, an Address, a MailboxID or a registered object), in order, or None
+    when there is none. Raises DecodeError for anything ``decode`` would refuse on its
+    structure (tags, depth, lengths, simple values, trailing bytes), for more than MAX_ITEMS
+    items and for an estimate over MEMORY_FACTOR bytes per byte of ``data``.
     """
     n = len(data)
     budget = MEMORY_FACTOR * n
@@ -84,8 +89,8 @@ def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
     # Composite map keys: ``maps`` holds the stack depth of each map being walked (its items
     # are walked at that depth); a key starting at depth ``key_depth`` ends when the walk pops
     # back to it (-1: not inside a key). Map-free payloads pay one test per container end.
-    spans = keys if keys is not None else []
-    maps: list[int] = []
+    spans: list[tuple[int, int]] | None = None  # allocated at the first key (as maps at the first map)
+    maps: list[int] | None = None
     key_at = key_depth = -1
     try:
         while True:
@@ -96,7 +101,7 @@ def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
                 if maps:
                     depth = len(stack)
                     if depth == key_depth:
-                        spans.append((key_at, i))
+                        spans.append((key_at, i))  # type: ignore[union-attr]
                         key_depth = -1
                     if maps[-1] > depth:
                         maps.pop()
@@ -159,6 +164,8 @@ def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
             elif major == 4:
                 if maps and remaining & 1 and key_depth < 0 and maps[-1] == len(stack):  # a map key
                     key_at = i - 1 - _ARG_BYTES[info]
+                    if spans is None:
+                        spans = []
                     if arg:
                         key_depth = len(stack)
                     else:
@@ -182,6 +189,8 @@ def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
                     weight += 73 + max(160 - 16 * arg, 40 * arg)
                     stack.append(remaining)
                     remaining = 2 * arg
+                    if maps is None:
+                        maps = []
                     maps.append(len(stack))
                     if len(stack) > MAX_CBOR_DEPTH:
                         raise DecodeError(f"CBOR nesting deeper than {MAX_CBOR_DEPTH} levels")
@@ -204,6 +213,8 @@ def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
                 if maps and remaining & 1 and key_depth < 0 and maps[-1] == len(stack):  # a map key
                     key_at = i - 1 - _ARG_BYTES[info]
                     key_depth = len(stack)
+                    if spans is None:
+                        spans = []
                 stack.append(remaining)
                 remaining = 1
                 if len(stack) > MAX_CBOR_DEPTH:
@@ -223,4 +234,4 @@ def scan(data: bytes, keys: list[tuple[int, int]] | None = None) -> int:
         if i > n:
             raise DecodeError("truncated CBOR data")
         raise DecodeError(f"{n - i} trailing bytes after the message")
-    return weight
+    return weight, spans
