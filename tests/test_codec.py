@@ -15,7 +15,10 @@ import sys
 import threading
 import time
 import tracemalloc
+import typing
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import cbor2
@@ -25,14 +28,17 @@ from hypothesis import strategies as st
 
 from reign._core import codec as _codec
 from reign._core.address import Address
-from reign._core.codec import MAX_DEPTH, MEMORY_FACTOR, SCAN_THRESHOLD, decode, encode, register_type
+from reign._core.codec import MAX_DEPTH, MAX_ITEMS, MEMORY_FACTOR, SCAN_THRESHOLD, decode, encode, register_type
 from reign._core.codec import decoder as _decoder
 from reign._core.codec import encoder as _encoder
 from reign._core.codec import scan as _scan
 from reign._core.codec import types as _types
+from reign._core.codec.model import COLLISION_CHECK_KEYS, MAX_KEY_COLLISIONS
 from reign._core.ids import MailboxID
 from reign._core.messages import MailboxClosed, MultipleClaim
 from reign._errors import DecodeError, EncodeError
+
+from hashflood_util import colliding_ids, colliding_pairs
 
 NODE = object()  # Address only stores its node; the codec never touches it
 
@@ -453,13 +459,12 @@ def test_encode_refuses_deep_nesting_without_crashing() -> None:
         encode(deep)
 
 
-def test_encode_refuses_exponential_dag_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encode_refuses_exponential_dag_quickly() -> None:
     x: Any = [1]
     for _ in range(40):
         x = [x, x]  # 2**40 items once expanded, 41 distinct lists
-    monkeypatch.setattr(_encoder, "MAX_ITEMS", 100_000)  # the real limit takes ~0.5 s to reach
     started = time.perf_counter()
-    with pytest.raises(EncodeError, match="more than 100000 items"):
+    with pytest.raises(EncodeError, match=f"more than {MAX_ITEMS} items"):
         encode(x)
     assert time.perf_counter() - started < 1
 
@@ -615,12 +620,132 @@ def test_refused_tag_contents(data: str, match: str) -> None:
     refused(h(data), match)
 
 
-def test_mailbox_closed_with_a_non_id_is_rebuilt_as_given() -> None:
-    # Field values are not type-checked against annotations (dataclasses do not either);
-    # only the value model is enforced. Pinned so a change here is deliberate.
-    out = decode(bytes.fromhex("d9c803 83".replace(" ", "")) + cbor2.dumps("reign.MailboxClosed") + b"\x01\x02",
-                 make_address)
-    assert out == MailboxClosed(1, 2)  # type: ignore[arg-type]
+def registered(name: str, *fields: Any) -> bytes:
+    """The wire form of a registered object ``name`` with these field values, unchecked."""
+    assert len(fields) < 23
+    return bytes.fromhex("d9c803") + bytes([0x81 + len(fields)]) + encode(name) + b"".join(map(encode, fields))
+
+
+def replaced(value: Any, old: Any, new: Any) -> bytes:
+    """The wire form of ``value`` with the encoding of ``old`` (once in it) replaced by ``new``'s."""
+    data, before, after = encode(value), encode(old), encode(new)
+    assert data.count(before) == 1
+    return data.replace(before, after)
+
+
+MID = MailboxID(3, 4, 5)
+
+
+@pytest.mark.parametrize(
+    ("value", "good", "bad", "match"),
+    [
+        (MailboxClosed(MID), MID, "abc", "reign.MailboxClosed.id must be MailboxID, not str"),
+        (MailboxClosed(MID), MID, 1, "must be MailboxID, not int"),
+        (MailboxClosed(MID), MID, None, "must be MailboxID, not None"),
+        (MailboxClosed(MID), MID, (3, 4, 5), "must be MailboxID, not tuple"),
+        (MailboxClosed(MID), MID, make_address(MID), "must be MailboxID, not Address"),
+        (MailboxClosed(MID), MID, MultipleClaim("x"), "must be MailboxID, not MultipleClaim"),
+        (MultipleClaim("chat"), "chat", b"chat", "reign.MultipleClaim.name must be str, not bytes"),
+        (MultipleClaim("chat"), "chat", MID, "must be str, not MailboxID"),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, str) else None,
+)
+def test_library_messages_with_wrong_field_types_are_refused_on_both_sides(
+    value: Any, good: Any, bad: Any, match: str
+) -> None:
+    """Issue 13, item 9: ``MailboxClosed(id='abc')`` from a peer was delivered as is."""
+    refused(replaced(value, good, bad), match)
+    refused(replaced(("fwd", value), good, bad), match)  # inside another value too
+    with pytest.raises(EncodeError, match=match):
+        encode([dataclasses.replace(value, **{dataclasses.fields(value)[0].name: bad})])
+
+
+@register_type(name="test.codec.Typed", check_fields=True)
+@dataclasses.dataclass(frozen=True)
+class Typed:
+    n: int
+    label: str | None
+    blob: bytes
+    where: Point
+    pair: tuple  # type: ignore[type-arg]  # exact class only: items are not checked
+    ratio: float
+    anything: Any = None
+
+
+@register_type(name="test.codec.TypedKw", check_fields=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TypedKw:
+    b: str
+    a: MailboxID | Address
+
+
+GOOD_TYPED = Typed(1, None, b"x", Point(1, 2), (1, "a"), 0.5, {"any": [1]})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"n": True}, "test.codec.Typed.n must be int, not bool"),
+        ({"n": 1.0}, "n must be int, not float"),
+        ({"label": b"x"}, "label must be str or None, not bytes"),
+        ({"blob": "x"}, "blob must be bytes, not str"),
+        ({"where": Money(1, "x")}, "where must be test_codec.Point, not test_codec.Money"),
+        ({"pair": [1, "a"]}, "pair must be tuple, not list"),
+        ({"ratio": 1}, "ratio must be float, not int"),
+    ],
+    ids=repr,
+)
+def test_check_fields_refuses_other_types_exactly(change: dict[str, Any], match: str) -> None:
+    bad = dataclasses.replace(GOOD_TYPED, **change)
+    with pytest.raises(EncodeError, match=match):
+        encode(bad)
+    refused(registered("test.codec.Typed", *(getattr(bad, f.name) for f in dataclasses.fields(Typed))), match)
+
+
+def test_check_fields_accepts_the_annotated_types() -> None:
+    for value in (
+        GOOD_TYPED,
+        dataclasses.replace(GOOD_TYPED, label="x", pair=(), anything=make_address(MailboxID(1, 2, 3))),
+        TypedKw(b="x", a=MailboxID(1, 2, 3)),
+        TypedKw(b="", a=make_address(MailboxID(1, 2, 3))),
+    ):
+        assert same(roundtrip(value), value)
+    # a bytearray is sent as bytes, so a bytes field takes one when sending
+    assert roundtrip(dataclasses.replace(GOOD_TYPED, blob=bytearray(b"ab"))) == dataclasses.replace(
+        GOOD_TYPED, blob=b"ab")
+    refused(registered("test.codec.TypedKw", "x", "not an id"), "TypedKw.a must be Address or MailboxID, not str")
+
+
+def test_check_fields_registration_rules() -> None:
+    T = typing.TypeVar("T")
+
+    def declare(annotation: Any, **kwargs: Any) -> None:
+        cls = dataclasses.make_dataclass("Bad", [("x", annotation)], frozen=True)
+        register_type(cls, name=f"test.codec.bad.{len(_types.BY_NAME)}", check_fields=True, **kwargs)
+
+    old_union = typing.Union[int, list[int]]  # noqa: UP007 - the typing.Union spelling is resolved too
+    for annotation in (list[int], dict[str, Any], T, typing.Literal[1], list[int] | None, old_union):
+        with pytest.raises(TypeError, match="check_fields checks exact classes"):
+            declare(annotation)
+    with pytest.raises(TypeError, match="annotate bytes"):
+        declare(bytearray)
+    with pytest.raises(TypeError, match="cannot resolve the annotations"):
+        declare("NoSuchName")
+    with pytest.raises(TypeError, match="check_fields is for dataclasses"):
+        register_type(Unregistered, to_fields=lambda o: [], from_fields=lambda f: Unregistered(), check_fields=True)
+    with pytest.raises(TypeError, match="must be a bool"):
+        register_type(Unregistered, check_fields=1)  # type: ignore[call-overload]
+    assert register_type(Typed, name="test.codec.Typed", check_fields=True) is Typed  # same again: no-op
+    with pytest.raises(ValueError, match="already registered with check_fields=True"):
+        register_type(Typed, name="test.codec.Typed")
+    with pytest.raises(ValueError, match="already registered with check_fields=False"):
+        register_type(Point, name="test.codec.Point", check_fields=True)
+    assert not any(name.startswith("test.codec.bad.") for name in _types.BY_NAME)  # nothing half-registered
+
+
+def test_unchecked_registered_types_still_take_any_field_values() -> None:
+    """Without check_fields (the default) only the value model applies, as dataclasses do."""
+    assert roundtrip(Point("not an int", b"y")) == Point("not an int", b"y")  # type: ignore[arg-type]
 
 
 class Strict:
@@ -770,6 +895,239 @@ def test_memory_estimate_is_an_upper_bound(shape: str) -> None:
         tracemalloc.stop()
     assert value == NEAR_LIMIT_SHAPES[shape]
     assert kept <= estimate, f"{shape}: decoded {kept} bytes, estimated {estimate}"
+
+
+# ------------------------------------------------------------------------------ item count
+
+#: Seconds the receive path's decoder may take for the dearest message MAX_ITEMS accepts. The
+#: requirement (issue 13, item 7) is "well under a second of loop time"; measured 0.1-0.3 s on
+#: the 2-vCPU machine; this bound is generous for a machine shared with other test runs.
+WORST_DECODE_SECONDS = 2.0
+#: Bytes (tracemalloc peak) the dearest accepted messages may cost to decode. The requirement is
+#: "at most a few hundred MiB" for a maximum-size message; measured at most 42 MiB.
+WORST_DECODE_BYTES = 64 * 1024 * 1024
+
+
+@contextmanager
+def max_items(limit: int) -> Iterator[None]:
+    """MAX_ITEMS set to ``limit`` on both sides (the encoder's and the pre-scan's copies)."""
+    saved = _encoder.MAX_ITEMS, _scan.MAX_ITEMS
+    _encoder.MAX_ITEMS = _scan.MAX_ITEMS = limit
+    try:
+        yield
+    finally:
+        _encoder.MAX_ITEMS, _scan.MAX_ITEMS = saved
+
+
+def items_of(value: Any) -> int:
+    """The data items below ``value``, from MAX_ITEMS's definition (independent of both sides)."""
+    t = type(value)
+    if t is list:
+        return len(value) + sum(items_of(v) for v in value)
+    if t is tuple:
+        return 1 + len(value) + sum(items_of(v) for v in value)
+    if t is dict:
+        return sum(2 + items_of(k) + items_of(v) for k, v in value.items())
+    if t is Address or t is MailboxID:
+        return 4
+    reg = _types.BY_TYPE.get(t)
+    if reg is not None:
+        fields = list(reg.fields_of(value))
+        return 2 + len(fields) + sum(items_of(f) for f in fields)
+    return 0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values)
+def test_encoder_and_receiver_count_items_alike(value: Any) -> None:
+    message = [value, "p" * SCAN_THRESHOLD]  # over SCAN_THRESHOLD, so the receiver scans it
+    count = items_of(message)
+    with max_items(count):
+        data = encode(message)
+        assert same(decode(data, make_address), expected(message))
+    with max_items(count - 1):
+        with pytest.raises(EncodeError, match=f"more than {count - 1} items"):
+            encode(message)
+        with pytest.raises(DecodeError, match=f"more than {count - 1} items"):
+            decode(data, make_address)
+
+
+def test_max_items_boundary_on_both_sides() -> None:
+    assert roundtrip([0] * MAX_ITEMS) == [0] * MAX_ITEMS
+    with pytest.raises(EncodeError, match=f"more than {MAX_ITEMS} items"):
+        encode([0] * (MAX_ITEMS + 1))
+    with pytest.raises(EncodeError, match=f"more than {MAX_ITEMS} items"):  # charged after the walk
+        encode([make_address(MailboxID(1, 2, 3))] * (MAX_ITEMS // 5 + 1))
+    crafted = b"\x9a" + (MAX_ITEMS + 1).to_bytes(4, "big") + b"\x00" * (MAX_ITEMS + 1)
+    with pytest.raises(DecodeError, match=f"more than {MAX_ITEMS} items"):
+        decode(crafted, make_address)
+
+
+def test_maximum_size_message_of_small_records_is_refused_fast_and_small() -> None:
+    """Issue 13, item 7: 16 MiB (the default max_message_bytes) of ``[{"ab": 0}, ...]`` was
+    delivered after 3.1-3.7 s of blocked loop and +862 MiB; the pre-scan now stops at its head."""
+    count = (16 * 1024 * 1024 - 5) // 5
+    data = b"\x9a" + count.to_bytes(4, "big") + b"\xa1\x62ab\x00" * count
+    gc.collect()
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(DecodeError, match=f"more than {MAX_ITEMS} items"):
+            _decoder.BatchDecoder(make_address).start(data)(0, len(data))
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < WORST_DECODE_SECONDS
+    assert peak < len(data) // 4  # nothing decoded (the stream shares the read's bytes)
+
+
+#: The dearest messages MAX_ITEMS accepts, per kind of item (bench/decode_bounds.py measures
+#: the same shapes, and their 16 MiB versions, through the whole receive path).
+WORST_ACCEPTED: dict[str, Callable[[], Any]] = {
+    "records [{'ab': 0}, ...]": lambda: [{"ab": 0}] * (MAX_ITEMS // 3),
+    "one-item lists": lambda: [[0] for _ in range(MAX_ITEMS // 2)],
+    "empty tuples": lambda: [()] * (MAX_ITEMS // 2),
+    "two-letter strings": lambda: ["ab"] * MAX_ITEMS,
+    "non-ascii strings": lambda: ["éé"] * MAX_ITEMS,
+    "one big map": lambda: {2**20 + i: 0 for i in range(MAX_ITEMS // 2)},
+    "uncached ints": lambda: [-20] * MAX_ITEMS,
+    "distinct addresses": lambda: [make_address(MailboxID(3, 2**62 + i, i)) for i in range(MAX_ITEMS // 5)],
+    "MailboxClosed": lambda: [MailboxClosed(MailboxID(3, 2**62 + i, i))
+                              for i in range(MAX_ITEMS // (1 + items_of(MailboxClosed(MID))))],
+}
+
+
+@pytest.mark.parametrize("shape", list(WORST_ACCEPTED), ids=str)
+def test_dearest_accepted_messages_decode_within_budget(shape: str) -> None:
+    """Each decodes in time, and its memory estimate (an upper bound of what decoding keeps, see
+    test_memory_estimate_is_an_upper_bound) is within budget; the issue's own shape is also
+    measured with tracemalloc (slow: ~4 s under tracemalloc instead of 0.15 s)."""
+    value = WORST_ACCEPTED[shape]()
+    data = encode(value)  # accepted by the sender, so by the receiver too
+    del value
+    assert _scan.scan(data) < WORST_DECODE_BYTES
+    gc.collect()
+    started = time.perf_counter()
+    values, error = _decoder.BatchDecoder(make_address).decode_all([data])
+    elapsed = time.perf_counter() - started
+    assert error is None and len(values) == 1
+    assert elapsed < WORST_DECODE_SECONDS, f"{shape}: {elapsed:.2f} s"
+    if not shape.startswith("records"):
+        return
+    del values
+    gc.collect()
+    tracemalloc.start()
+    try:
+        _decoder.BatchDecoder(make_address).decode_all([data])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < WORST_DECODE_BYTES, f"{shape}: {peak / 2**20:.1f} MiB"
+
+
+_BULK = 16 * 1024 * 1024 - 9  # the default max_message_bytes, less the string's head
+
+
+@pytest.mark.parametrize(
+    ("value", "peak_per_byte"),
+    [
+        # cbor2 reads a byte string into its own buffer: kept 1x, peak 1.1x (measured).
+        (bytes(_BULK), 2),
+        # CPython's UTF-8 decoder sizes its buffer by the byte count: peaks measured 2x the
+        # payload for ASCII, 3x for 2-byte, 4x for 3-byte and 6x for 4-byte characters.
+        ("a" * _BULK, 3),
+        ("é" * (_BULK // 2), 4),
+        ("€" * (_BULK // 3), 5),
+        ("😀" * (_BULK // 4), 7),
+    ],
+    ids=["bytes", "ascii", "2-byte chars", "3-byte chars", "4-byte chars"],
+)
+def test_bulk_bytes_and_strings_stay_cheap_at_the_default_maximum_size(value: Any, peak_per_byte: int) -> None:
+    data = encode(value)
+    del value
+    gc.collect()
+    started = time.perf_counter()
+    _decoder.BatchDecoder(make_address).decode_all([data])
+    elapsed = time.perf_counter() - started
+    gc.collect()
+    tracemalloc.start()
+    try:
+        _decoder.BatchDecoder(make_address).decode_all([data])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < WORST_DECODE_SECONDS
+    assert peak < peak_per_byte * len(data), f"{peak / len(data):.1f} bytes per byte"
+
+
+# ------------------------------------------------------------------------------ hash flooding
+
+def _map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\xba" + len(pairs).to_bytes(4, "big") + b"".join(k + v for k, v in pairs)
+
+
+def _untagged(key: tuple[int, ...]) -> bytes:
+    return cbor2.dumps(list(key))  # an array in key position: decodes as a tuple too
+
+
+needs_tuplehash = pytest.mark.skipif(
+    sys.hash_info.width != 64 or len({hash(p) for p in colliding_pairs(3)}) != 1,
+    reason="the collisions are computed for 64-bit CPython's tuple hash",
+)
+
+
+@needs_tuplehash
+def test_colliding_map_keys_are_refused_fast_on_both_sides() -> None:
+    """16,000 colliding pairs (219 KiB) blocked the decoder for 3.2 s; MAX_ITEMS allows 131,072."""
+    pairs = colliding_pairs(16_000)
+    assert len({hash(p) for p in pairs}) == 1
+    for data in (
+        _map([(_untagged(p), b"\x00") for p in pairs]),
+        _map([(encode(p), b"\x00") for p in pairs]),  # tagged tuples
+        _map([(encode(m), b"\x00") for m in colliding_ids(16_000)]),
+        _map([(encode(make_address(m)), b"\x00") for m in colliding_ids(16_000)]),
+        _map([(encode(Point(p[0], p[1])), b"\x00") for p in pairs]),  # a frozen dataclass: its fields' hash
+    ):
+        started = time.perf_counter()
+        with pytest.raises(DecodeError, match=f"more than {MAX_KEY_COLLISIONS} distinct map keys share one hash"):
+            decode(data, make_address)
+        assert time.perf_counter() - started < WORST_DECODE_SECONDS
+    few = dict.fromkeys(pairs[:200], 0)  # the sender's dict of 200 is still cheap to build
+    with pytest.raises(EncodeError, match="share one hash value"):
+        encode(few)
+    with pytest.raises(EncodeError, match="share one hash value"):
+        encode([{m: 0} for m in colliding_ids(200)])  # across maps too: each key is hashed once
+
+
+@needs_tuplehash
+def test_key_collisions_boundary() -> None:
+    pad = [((1 << 40) + i, i) for i in range(COLLISION_CHECK_KEYS)]  # distinct hashes
+    for limit_ok, count in ((True, MAX_KEY_COLLISIONS), (False, MAX_KEY_COLLISIONS + 1)):
+        value = dict.fromkeys(pad + colliding_pairs(count), 0)
+        value["p"] = "p" * SCAN_THRESHOLD  # scanned by the receiver
+        if limit_ok:
+            assert roundtrip(value) == value
+        else:
+            with pytest.raises(EncodeError, match="share one hash"):
+                encode(value)
+            refused_bytes = _map([(_untagged(k), b"\x00") for k in pad + colliding_pairs(count)]
+                                 + [(encode("p"), encode("p" * SCAN_THRESHOLD))])
+            with pytest.raises(DecodeError, match="share one hash"):
+                decode(refused_bytes, make_address)
+    # Up to COLLISION_CHECK_KEYS composite keys are not checked at all (their cost is bounded).
+    few = dict.fromkeys(colliding_pairs(COLLISION_CHECK_KEYS), 0)
+    assert decode(_map([(_untagged(k), b"\x00") for k in few] + [(encode("p"), PAD)]), make_address) == {
+        **few, "p": "p" * (SCAN_THRESHOLD + 100)}
+
+
+def test_equal_keys_and_natural_collisions_are_not_flooding() -> None:
+    # hash(-1) == hash(-2): (-1, 0) and (-2, 0) collide, naturally, in every map of the list.
+    maps = [{(-1, 0): i, (-2, 0): i, MailboxID(1, 2, i): i, make_address(MailboxID(1, 2, 3)): i} for i in range(500)]
+    assert len(encode(maps)) > SCAN_THRESHOLD
+    assert roundtrip(maps) == maps
+    many = {make_address(MailboxID(3, 2**62 + i, i)): i for i in range(20_000)}
+    assert roundtrip(many) == many
 
 
 def test_scan_and_cbor2_agree_on_depth_limit() -> None:

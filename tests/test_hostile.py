@@ -9,7 +9,8 @@ finish TLS but never say HELLO. Meanwhile a legitimate node still connects promp
 
 An authenticated peer (node 1's real certificate, a correct HELLO) that sends crafted frames:
 CBOR nested 100k deep, tags outside the allow-list, duplicate keys, indefinite lengths,
-trailing bytes, 1 MiB of empty containers, junk CONTROL frames, a 2**31-byte frame header.
+trailing bytes, 1 MiB of empty containers, 4 MiB of small records (over the item cap), a
+library message with a field of the wrong type, junk CONTROL frames, a 2**31-byte frame header.
 Each closes only that connection (``peer.protocol_error``), within a time and a memory budget
 (tracemalloc, so the node runs in this process), while a third node in its own process keeps
 streaming to the node without a gap.
@@ -266,6 +267,7 @@ async def test_stalled_handshakes_are_each_rejected_while_a_real_node_connects(
 # ------------------------------------------------------------------------- hostile bytes
 
 _DEEP = b"\x81" * 100_000 + b"\x00"
+_MID = reign.MailboxID(1, 11, 7)
 _MIB = 1 << 20
 
 #: Crafted frames from an authenticated peer: (frame kind, payload). Each must close the connection.
@@ -286,6 +288,10 @@ HOSTILE: dict[str, tuple[str, bytes]] = {
     "1 MiB of 0x80 (one empty array, then trailing bytes)": ("message", b"\x80" * _MIB),
     "1 MiB of empty arrays in one array": ("message", b"\x9a" + struct.pack(">I", _MIB) + b"\x80" * _MIB),
     "1 MiB of empty maps in one array": ("message", b"\x9a" + struct.pack(">I", _MIB) + b"\xa0" * _MIB),
+    "4 MiB of [{'ab': 0}, ...] (over MAX_ITEMS)": (
+        "message", b"\x9a" + struct.pack(">I", 4 * _MIB // 5 - 1) + b"\xa1\x62ab\x00" * (4 * _MIB // 5 - 1)),
+    "a forwarded MailboxClosed(id='abc')": (
+        "message", _codec.encode(("fwd", reign.MailboxClosed(_MID))).replace(_codec.encode(_MID), _codec.encode("abc"))),
     "CONTROL: junk bytes": ("control", b"\xff\xfe\x00junk\x1c\x1d"),
     "CONTROL: nesting 100k deep": ("control", _DEEP),
     "CONTROL: 1 MiB of empty arrays": ("control", b"\x9a" + struct.pack(">I", _MIB) + b"\x80" * _MIB),
@@ -488,6 +494,22 @@ def test_fuzz_receive_path_whole_bytewise_and_chunked_agree(frames: list[tuple[s
     assert whole[1] == bytewise[1] == chunked[1]
     # Decoding stops at the first bad payload whatever the chunking: the same values before it.
     assert _same(whole[0], bytewise[0]) and _same(whole[0], chunked[0])
+
+
+def test_library_message_with_wrong_field_types_is_never_delivered() -> None:
+    """Issue 13, item 9: a peer's ``MailboxClosed(id='abc')`` was delivered as is. Now it is a
+    DecodeError (the connection is closed); what came before it was delivered, nothing after."""
+    sender, _ = _pair()
+    target = reign.MailboxID(2, 22, 5)
+    notice = ("fwd", reign.MailboxClosed(_MID))  # forwarded inside a tuple, as applications do
+    good = _codec.encode(notice)
+    bad = good.replace(_codec.encode(_MID), _codec.encode("abc"))
+    stream = b"".join(sender.message(target, p) for p in (good, bad, good))
+    delivered, error = _receive_path([stream])
+    assert error == "DecodeError"
+    assert delivered == [notice]
+    claim = _codec.encode(["claims", reign.MultipleClaim("chat")]).replace(_codec.encode("chat"), b"\x01")
+    assert _receive_path([sender.control(claim)]) == ([], "DecodeError")
 
 
 def _same(a: Any, b: Any) -> bool:

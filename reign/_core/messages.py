@@ -1,7 +1,9 @@
 """Messages and exit reasons the runtime itself produces (system messages).
 
 Frozen, slotted dataclasses, registered with the codec under fixed wire names
-(``reign.MailboxClosed``, ``reign.Exit``, ``reign.MultipleClaim``, ``reign.Crash``).
+(``reign.MailboxClosed``, ``reign.Exit``, ``reign.MultipleClaim``, ``reign.Crash``), with
+``check_fields=True``: a received one whose fields are not of their annotated types (an ``id``
+that is not a MailboxID) is a DecodeError, never delivered (``reason: Any`` is not checked).
 
 *System messages* (:data:`SYSTEM_MESSAGES`: ``MailboxClosed``, ``Exit``, ``MultipleClaim``) come
 only from the runtime: ``Address.send`` refuses one as the message itself (``TypeError``) and a
@@ -55,7 +57,7 @@ MAX_TRACEBACK_CHARS = 16 * 1024
 
 
 @system_message
-@register_type(name="reign.MailboxClosed")
+@register_type(name="reign.MailboxClosed", check_fields=True)
 @dataclass(frozen=True, slots=True)
 class MailboxClosed:
     """Sent to a watcher when the mailbox ``id`` closes or its node is lost (Erlang ``'DOWN'``).
@@ -70,7 +72,7 @@ class MailboxClosed:
 
 
 @system_message
-@register_type(name="reign.Exit")
+@register_type(name="reign.Exit", check_fields=True)
 @dataclass(frozen=True, slots=True)
 class Exit:
     """An exit signal turned into a message (Erlang ``{'EXIT', From, Reason}``).
@@ -85,7 +87,7 @@ class Exit:
 
 
 @system_message
-@register_type(name="reign.MultipleClaim")
+@register_type(name="reign.MultipleClaim", check_fields=True)
 @dataclass(frozen=True, slots=True)
 class MultipleClaim:
     """Sent to every claimant of ``name`` when the name gains another claimant."""
@@ -93,7 +95,7 @@ class MultipleClaim:
     name: str
 
 
-@register_type(name="reign.Crash")
+@register_type(name="reign.Crash", check_fields=True)
 @dataclass(frozen=True, slots=True)
 class Crash:
     """The exit reason of a process whose function raised: the exception's type name, its

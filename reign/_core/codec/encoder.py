@@ -25,11 +25,13 @@ from .model import (
     MAX_DEPTH,
     MAX_ITEMS,
     MEMORY_FACTOR,
+    SCALAR_KEYS,
     SCAN_THRESHOLD,
     TAG_ADDRESS,
     TAG_MAILBOX_ID,
     TAG_OBJECT,
     TAG_TUPLE,
+    KeyGuard,
 )
 from .scan import scan
 from .types import BY_TYPE
@@ -128,8 +130,12 @@ def _atom_bytes(text: str) -> bytes:
     return encoded
 
 
-def _put(obj: Any, out: list[bytes], depth: int, budget: list[int]) -> None:
-    """Append the CBOR bytes of ``obj`` to ``out``; raise EncodeError (or _TooDeep)."""
+def _put(obj: Any, out: list[bytes], depth: int, budget: list[Any]) -> None:
+    """Append the CBOR bytes of ``obj`` to ``out``; raise EncodeError (or _TooDeep).
+
+    ``budget[0]`` is the count of items still allowed (MAX_ITEMS); ``budget[1]``, once the
+    message has a composite map key, the :class:`KeyGuard` of its keys.
+    """
     t = type(obj)
     append = out.append
     if t is str:
@@ -148,40 +154,59 @@ def _put(obj: Any, out: list[bytes], depth: int, budget: list[int]) -> None:
     elif t is Address:
         mid = obj.id
         append(_pack_id(_ADDRESS_PREFIX, mid.node, 0x1B, mid.incarnation, 0x1B, mid.serial))
+        budget[0] -= 4  # its tag's array and the array's 3 ints
+        if budget[0] < 0:
+            raise EncodeError(f"message has more than {MAX_ITEMS} items")
     elif t is bytes or t is bytearray:
         data = bytes(obj) if t is bytearray else obj  # a snapshot first, then its length
         append(_head(2, len(data)))
         append(data)
     elif t is MailboxID:
         append(_pack_id(_MAILBOX_ID_PREFIX, obj.node, 0x1B, obj.incarnation, 0x1B, obj.serial))
+        budget[0] -= 4
+        if budget[0] < 0:
+            raise EncodeError(f"message has more than {MAX_ITEMS} items")
     else:
         _put_container(obj, t, out, depth, budget)
 
 
-def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list[int]) -> None:
+def _guard_key(key: Any, budget: list[Any]) -> None:
+    """Feed a composite map key to the message's hash-flooding check (``budget[1]``, made at the
+    first such key); EncodeError when the receiver would refuse the keys so far."""
+    if len(budget) == 1:
+        budget.append(KeyGuard())
+    reason = budget[1].add(key)  # what a key's == raises becomes encode's EncodeError
+    if reason is not None:
+        raise EncodeError(f"the receiver would refuse this message: {reason}")
+
+
+def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list[Any]) -> None:
     """:func:`_put` for a dict, list, tuple or registered object (anything else: EncodeError)."""
     # Header and items must agree although the walk is Python and another thread may change a
     # container between two items (a dict can then even yield a key twice): lists and dicts
     # are copied first, one C call each and atomic under the GIL (dict.copy: ~40 ns for a
-    # small one); tuples cannot change.
+    # small one); tuples cannot change. ``items``: the data items this container adds, as
+    # MAX_ITEMS counts them (its entries, plus its tag's array for a tuple or registered object).
     container = obj
     if t is dict:
         obj = obj.copy()
-        size = 2 * len(obj)
+        items = size = 2 * len(obj)
     elif t is list:
         obj = obj[:]
-        size = len(obj)
+        items = size = len(obj)
     elif t is tuple:
         size = len(obj)
+        items = size + 1
     else:
         reg = BY_TYPE.get(t)
         if reg is None:
             raise _cannot(t)
         obj = reg.fields_of(obj)
         size = len(obj) + 1
+        items = size + 1
     if depth >= MAX_DEPTH:
         raise _TooDeep(container)
-    budget[0] -= size
+    budget[0] -= items
     if budget[0] < 0:
         raise EncodeError(f"message has more than {MAX_ITEMS} items")
     depth += 1
@@ -195,6 +220,8 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
                 if type(key) is str:
                     append(atoms.get(key) or _atom_bytes(key))
                 else:
+                    if type(key) not in SCALAR_KEYS:
+                        _guard_key(key, budget)
                     _put(key, out, depth, budget)
                 # _put's two commonest branches, inlined here and in the loop below on purpose:
                 # a call per item would cost ~0.1 us, a tenth of encoding a small message.
@@ -245,14 +272,15 @@ def encode(obj: Any) -> bytes:
     Raises :class:`~reign.EncodeError` naming the problem for anything outside the value model
     (an unregistered class, a set, a datetime, an int beyond 64 bits, a subclass of a built-in
     type), a cyclic structure, nesting deeper than :data:`MAX_DEPTH`, more than
-    :data:`MAX_ITEMS` items, a string that is not valid Unicode, or a message the decoder would
-    refuse as too memory-hungry (see :data:`MEMORY_FACTOR`). Thread-safe: a list, dict or bytearray
-    another thread changes meanwhile is written as it was when the walk reached it (each is
-    copied first), so the bytes never announce a length that disagrees with the items that
-    follow, nor repeat a key.
+    :data:`MAX_ITEMS` items (counted exactly as the receiver counts them), a string that is not
+    valid Unicode, or a message the decoder would refuse as too memory-hungry (see
+    :data:`MEMORY_FACTOR`) or as hash flooding (see :data:`MAX_KEY_COLLISIONS`).
+    Thread-safe: a list, dict or bytearray another thread changes meanwhile is written as it
+    was when the walk reached it (each is copied first), so the bytes never announce a length
+    that disagrees with the items that follow, nor repeat a key.
     """
     out: list[bytes] = []
-    budget = [MAX_ITEMS]
+    budget: list[Any] = [MAX_ITEMS]
     t = type(obj)
     try:
         if t is dict or t is tuple or t is list:  # the usual message: straight to the container
