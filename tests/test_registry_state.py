@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import time
+import tracemalloc
 from collections import deque
 
 import pytest
@@ -12,7 +15,16 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from reign._core.codec import decode, encode
 from reign._core.ids import MailboxID
-from reign._core.registry import NO_EFFECTS, Claim, ClaimChange, Effects, RegistryState, claim_units
+from reign._core.registry import (
+    CLAIM_OVERHEAD_BYTES,
+    CLAIM_UNIT_BYTES,
+    NO_EFFECTS,
+    Claim,
+    ClaimChange,
+    Effects,
+    RegistryState,
+    claim_units,
+)
 from reign._core.registry_wire import PeerRegistry, RegistryLimits, change_payloads, snapshot_payloads
 
 
@@ -489,6 +501,86 @@ def test_local_snapshot_and_chunks() -> None:
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError):
             s.local_snapshot_chunks(bad)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------- cost and memory
+
+#: Largest accepted ratio of the time per change at 100,000 claimants of a name to that at
+#: 1,000. O(log n) gives ~1.2 here; the previous state walked every claimant (ratio ~100).
+COST_RATIO = 10.0
+
+
+def _one_name_with(claimants: int) -> tuple[RegistryState, int]:
+    s = RegistryState(0)
+    s.node_incarnation(1, 1)
+    s.register_local("svc", mid(0, 1))
+    for start in range(0, claimants, 5000):
+        s.apply_changes(1, [(True, "svc", mid(1, i)) for i in range(start, min(start + 5000, claimants))])
+    return s, claimants
+
+
+def _seconds_per_change(s: RegistryState, first: int, ops: int = 2000) -> float:
+    adds = [(True, "svc", mid(1, first + i)) for i in range(ops)]
+    removes = [(False, "svc", mid(1, first + i)) for i in range(ops)]
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for add, remove in zip(adds, removes):
+            s.apply_changes(1, (add,))
+            s.apply_changes(1, (remove,))
+            s.lookup("svc")
+        best = min(best, (time.perf_counter() - t) / (2 * ops))
+    return best
+
+
+def test_a_change_costs_the_same_at_1000_and_100000_claimants() -> None:
+    small, n_small = _one_name_with(1_000)
+    large, n_large = _one_name_with(100_000)
+    ratio = _seconds_per_change(large, n_large) / _seconds_per_change(small, n_small)
+    assert ratio < COST_RATIO, ratio
+    assert len(large.lookup_all("svc")) == n_large + 1 and large.lookup("svc") == mid(0, 1)
+    # Removing the smallest claimants one by one keeps lookup right (the heap's lazy pruning).
+    for i in range(3):
+        large.apply_changes(1, [(False, "svc", mid(1, i))])
+    large.unregister_local("svc", mid(0, 1))
+    assert large.lookup("svc") == mid(1, 3)
+    check_indexes(large)
+
+
+def _traced_bytes_per_claim(claims: list[tuple[str, int]]) -> float:
+    """tracemalloc bytes per remote claim held, for claims built as registry_wire builds them."""
+    blob = encode(["reg.changes", [v for name, serial in claims for v in ("+", name, serial)]])
+    state = RegistryState(0)
+    state.node_incarnation(1, 7)
+    peer = PeerRegistry(state, 1, 7, RegistryLimits(frame_claims=len(claims), peer_claims=10**9))
+    peer.receive(["reg.begin"])
+    peer.receive(["reg.end"])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        peer.receive(decode(blob, lambda m: m))
+        gc.collect()
+        return (tracemalloc.get_traced_memory()[0] - before) / len(claims)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("shape", "claims"),
+    [
+        ("distinct names and mailboxes", [(f"n{i:07d}", i + 1) for i in range(50_000)]),
+        ("one name, distinct mailboxes", [("svc", i + 1) for i in range(50_000)]),
+        ("512-byte names", [(f"{i:05d}" + "x" * 507, i + 1) for i in range(20_000)]),
+    ],
+)
+def test_a_claim_costs_at_most_its_overhead_plus_its_name(shape: str, claims: list[tuple[str, int]]) -> None:
+    """CLAIM_OVERHEAD_BYTES is a measurement: fail if a claim grows past it (so the per-peer
+    budget of registry_peer_claims * CLAIM_UNIT_BYTES stays true)."""
+    name_bytes = len(claims[0][0])
+    per_claim = _traced_bytes_per_claim(claims)
+    assert per_claim <= CLAIM_OVERHEAD_BYTES + name_bytes, f"{shape}: {per_claim:.0f} B per claim"
+    assert per_claim <= claim_units(claims[0][0]) * CLAIM_UNIT_BYTES
 
 
 # ------------------------------------------------------------------- stateful simulation

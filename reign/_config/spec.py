@@ -28,7 +28,7 @@ parser. Invariants of every :class:`ClusterSpec` object, however it was built:
   field                          default    accepted
   =============================  =========  ===========================================
   ``registry_frame_claims``      5000       an integer, 1 to 1,000,000 (records/frame)
-  ``registry_peer_claims``       200000     an integer, 1 to 2**40 (claim units/peer)
+  ``registry_peer_claims``       190000     an integer, 1 to 2**40 (claim units/peer)
   ``registry_snapshot_timeout``  30 s       a number of seconds, 0.1 to 86400
   ``registry_notice_interval``   1 s        a number of seconds, 0 to 3600 (0: no limit)
   =============================  =========  ===========================================

@@ -78,7 +78,7 @@ into :class:`~reign.CantGloballyRegisterError`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,9 +89,11 @@ __all__ = [
     "CLAIM_UNIT_BYTES",
     "MAX_NAME_BYTES",
     "NO_EFFECTS",
+    "Change",
     "Claim",
     "ClaimChange",
     "Effects",
+    "OverBudget",
     "RegistryState",
     "check_name",
     "claim_units",
@@ -107,18 +109,22 @@ MAX_NAME_BYTES = 512
 
 #: Bytes one claim costs a node besides its name's UTF-8 bytes, at most (CPython 3.11, 64-bit).
 #: ``tests/test_registry_state.py`` measures it with tracemalloc and fails if it is exceeded:
-#: 232 B for a claim with its own mailbox and an 8-byte name, 293 B for one of 200,000
-#: claimants of one name (the heap and key of a shared name); 296 covers both.
-CLAIM_OVERHEAD_BYTES = 296
+#: 232 B for a claim with its own mailbox and an 8-byte name, 294 B for one of 50,000
+#: claimants of one name (the heap and key of a shared name), 695 B with a 512-byte name;
+#: 320 covers them with a margin of 8% for dict growth points and other builds.
+CLAIM_OVERHEAD_BYTES = 320
 #: The memory one unit of a peer's claim budget stands for (:func:`claim_units`): a claim of a
-#: name of up to 24 bytes is one unit, so a budget of N claims is at most N * 320 bytes.
-CLAIM_UNIT_BYTES = 320
+#: name of up to 32 bytes is one unit, so a budget of N claims is at most N * 352 bytes.
+CLAIM_UNIT_BYTES = 352
 
 Claim = tuple[str, MailboxID]
 """One claim: ``(name, claimant)``."""
 
 Change = tuple[bool, str, MailboxID]
 """One replicated change for :meth:`RegistryState.apply_changes`: ``(added, name, claimant)``."""
+
+_Record = tuple[bool, str, MailboxID, int]
+"""A checked change: ``(added, name, claimant, claim_units(name))``."""
 
 
 def order_key(mbox_id: MailboxID) -> int:
@@ -135,7 +141,7 @@ def name_size(name: str) -> int:
 def claim_units(name: str) -> int:
     """What one claim of ``name`` counts for in a peer's claim budget: its memory (at most
     :data:`CLAIM_OVERHEAD_BYTES` plus the name's bytes) in units of :data:`CLAIM_UNIT_BYTES`,
-    rounded up. 1 for names of up to 24 bytes, 3 for the longest (512 bytes)."""
+    rounded up. 1 for names of up to 32 bytes, 3 for the longest (512 bytes)."""
     return (CLAIM_OVERHEAD_BYTES + name_size(name) + CLAIM_UNIT_BYTES - 1) // CLAIM_UNIT_BYTES
 
 
@@ -145,6 +151,12 @@ def check_name(name: object) -> str:
     A valid name is a non-empty ``str`` (not a subclass: the caller converts those) that is
     valid Unicode for UTF-8 (no lone surrogates) and at most :data:`MAX_NAME_BYTES` bytes long.
     """
+    _name_units(name)
+    return name  # type: ignore[return-value]
+
+
+def _name_units(name: object) -> int:
+    """:func:`claim_units` of ``name``, checking it as :func:`check_name` does (one pass)."""
     if type(name) is not str:
         raise ValueError(f"a name is a str, not {type(name).__name__}")
     if name.isascii():
@@ -160,7 +172,11 @@ def check_name(name: object) -> str:
             ) from None
     if size > MAX_NAME_BYTES:
         raise ValueError(f"a name is at most {MAX_NAME_BYTES} UTF-8 bytes, this one is {size}")
-    return name
+    return (CLAIM_OVERHEAD_BYTES + size + CLAIM_UNIT_BYTES - 1) // CLAIM_UNIT_BYTES
+
+
+class OverBudget(ValueError):
+    """A batch from a peer would make its claims cost more than the budget the caller gave."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +279,9 @@ class RegistryState:
         if type(local_node) is not int or not 0 <= local_node <= MAX_NODE_ID:
             raise ValueError(f"local_node must be an int in 0..{MAX_NODE_ID}, got {local_node!r}")
         self._local_node = local_node
-        # Invariant 1. name -> its sole claimant, or _Many when it has two or more.
+        # Invariant 1. name -> its sole claimant, or _Many when it has two or more. (Entries are
+        # told apart with ``type(x) is MailboxID``, exact and fast; mypy cannot narrow the other
+        # branch from it, hence the union-attr ignores below.)
         self._claimants: dict[str, MailboxID | _Many] = {}
         # node -> claimant -> its sole name, or a set of two or more.
         self._owned: dict[int, dict[MailboxID, str | set[str]]] = {}
@@ -346,25 +364,10 @@ class RegistryState:
         return self._units.get(node_id, 0)
 
     def units_delta(self, node_id: int, changes: Iterable[Change]) -> int:
-        """How :meth:`units_of` (``node_id``) would change if ``changes`` were applied in order
-        (a snapshot chunk is all additions): exact, so a caller can refuse a batch before any of
-        it is applied. O(len(changes)); ``changes`` are not validated here."""
-        holds = self.holds
-        lost = self._lost.get(node_id, {})
-        known = self._incarnations.get(node_id)
-        seen: dict[Claim, bool] = {}
-        delta = 0
-        for added, name, mbox_id in changes:
-            if known is not None and mbox_id.incarnation != known:
-                continue
-            claim = (name, mbox_id)
-            present = seen.get(claim)
-            if present is None:
-                present = claim in lost or holds(name, mbox_id)
-            if added != present:
-                delta += claim_units(name) if added else -claim_units(name)
-                seen[claim] = added
-        return delta
+        """How :meth:`units_of` (``node_id``) would change if ``changes`` were applied in order:
+        exact (what the ``budget`` of :meth:`apply_changes` is checked against). O(len(changes));
+        raises ValueError for a bad name."""
+        return self._records_delta(node_id, ((a, n, m, _name_units(n)) for a, n, m in changes))
 
     def incarnation_of(self, node_id: int) -> int | None:
         """The incarnation last given to :meth:`node_incarnation` for ``node_id``, if any."""
@@ -406,9 +409,9 @@ class RegistryState:
         name (:func:`check_name`) or ``mbox_id`` is not on this node. (Whether the mailbox is
         alive is the caller's business.)
         """
-        name = check_name(name)
+        units = _name_units(name)
         mbox_id = self._check_local(mbox_id)
-        if not self._add(name, mbox_id):
+        if not self._add(name, mbox_id, units):
             return NO_EFFECTS
         notify: set[tuple[MailboxID, str]] = set()
         self._gained(name, mbox_id, None, notify)
@@ -422,7 +425,7 @@ class RegistryState:
         """
         if type(name) is not str or type(mbox_id) is not MailboxID:
             return NO_EFFECTS
-        if mbox_id.node != self._local_node or not self._remove(name, mbox_id):
+        if mbox_id.node != self._local_node or not self._remove(name, mbox_id, claim_units(name)):
             return NO_EFFECTS
         return Effects(broadcast=(ClaimChange("remove", name, mbox_id),))
 
@@ -434,21 +437,26 @@ class RegistryState:
         mbox_id = self._check_local(mbox_id)
         names = sorted(self.names_of(mbox_id))
         for name in names:
-            self._remove(name, mbox_id)
+            self._remove(name, mbox_id, claim_units(name))
         return Effects(broadcast=tuple(ClaimChange("remove", name, mbox_id) for name in names))
 
     # --------------------------------------------------------------------- peers' changes
 
-    def apply_changes(self, node_id: int, changes: Sequence[Change]) -> Effects:
+    def apply_changes(self, node_id: int, changes: Iterable[Change], budget: int | None = None) -> Effects:
         """Apply ``changes`` replicated by their owner ``node_id``, in order, as one call.
 
         Each change is ``(added, name, claimant)``. Changes of an incarnation other than the
         one :meth:`node_incarnation` set are ignored; a removal of a claim not held is ignored.
         A local claimant is notified at most once per name, however many claimants the name
         gained. Raises ValueError, applying nothing, for a change not owned by ``node_id`` or
-        malformed, or while ``node_id`` is in the middle of sending its snapshot.
+        malformed (a bad name: :func:`check_name`), while ``node_id`` is in the middle of
+        sending its snapshot, or (:class:`OverBudget`) if the changes would leave
+        :meth:`units_of` (``node_id``) above ``budget``.
         """
         self._check_peer(node_id)
+        records: list[_Record] = []
+        append = records.append
+        adds = 0
         for change in changes:
             if (
                 type(change) is not tuple
@@ -458,20 +466,15 @@ class RegistryState:
                 or change[2].node != node_id
             ):
                 raise ValueError(f"a change of node {node_id} is (added, name, its MailboxID), got {change!r:.80}")
-            check_name(change[1])
-        known = self._incarnations.get(node_id)
-        if node_id in self._pending and any(known is None or c[2].incarnation == known for c in changes):
-            raise ValueError(f"node {node_id} sent a change in the middle of its snapshot")
-        notify: set[tuple[MailboxID, str]] = set()
-        for added, name, mbox_id in changes:
-            if known is not None and mbox_id.incarnation != known:
-                continue
+            added, name, mbox_id = change
+            units = _name_units(name)
             if added:
-                if self._add(name, mbox_id):
-                    self._gained(name, mbox_id, self._unremember(node_id, name, mbox_id), notify)
-            elif not self._remove(name, mbox_id):
-                self._unremember(node_id, name, mbox_id)
-        return Effects(notify=_sorted(notify)) if notify else NO_EFFECTS
+                adds += units
+            append((added, name, mbox_id, units))
+        known = self._incarnations.get(node_id)
+        if node_id in self._pending and any(known is None or r[2].incarnation == known for r in records):
+            raise ValueError(f"node {node_id} sent a change in the middle of its snapshot")
+        return self._apply_records(node_id, records, budget, adds)
 
     def remote_add(self, name: str, mbox_id: MailboxID) -> Effects:
         """Apply a claim replicated by its owner ``mbox_id.node`` (:meth:`apply_changes`).
@@ -518,7 +521,7 @@ class RegistryState:
         owned = self._owned.get(node_id, {})
         for mbox_id in [m for m in owned if m.incarnation != incarnation]:
             for name in self.names_of(mbox_id):
-                self._remove(name, mbox_id)
+                self._remove(name, mbox_id, claim_units(name))
         for name, mbox_id in [c for c in self._lost.get(node_id, ()) if c[1].incarnation != incarnation]:
             self._unremember(node_id, name, mbox_id)
         return NO_EFFECTS
@@ -546,26 +549,20 @@ class RegistryState:
         self._lose_all(node_id)
         self._pending.add(node_id)
 
-    def snapshot_chunk(self, node_id: int, claims: Iterable[Claim]) -> Effects:
+    def snapshot_chunk(self, node_id: int, claims: Iterable[Claim], budget: int | None = None) -> Effects:
         """Apply ``claims``, part of the snapshot being received from ``node_id``, now.
 
         Claims of a superseded incarnation are ignored. Local claimants of names that gained
         claimants they were not told about are notified, at most once per name.
-        Raises ValueError, adding nothing, if no snapshot from ``node_id`` was begun, or if any
-        claim is malformed or not owned by ``node_id``.
+        Raises ValueError, adding nothing, if no snapshot from ``node_id`` was begun, if any
+        claim is malformed or not owned by ``node_id``, or (:class:`OverBudget`) if the claims
+        would leave :meth:`units_of` (``node_id``) above ``budget``.
         """
         self._check_peer(node_id)
         if node_id not in self._pending:
             raise ValueError(f"snapshot chunk from node {node_id} without begin_snapshot")
-        chunk = self._checked_claims(node_id, claims)
-        known = self._incarnations.get(node_id)
-        notify: set[tuple[MailboxID, str]] = set()
-        for name, mbox_id in chunk:
-            if known is not None and mbox_id.incarnation != known:
-                continue
-            if self._add(name, mbox_id):
-                self._gained(name, mbox_id, self._unremember(node_id, name, mbox_id), notify)
-        return Effects(notify=_sorted(notify)) if notify else NO_EFFECTS
+        records = self._checked_claims(node_id, claims)
+        return self._apply_records(node_id, records, budget, sum(r[3] for r in records))
 
     def end_snapshot(self, node_id: int) -> Effects:
         """The snapshot from ``node_id`` is complete: it is now the whole truth about its claims.
@@ -589,9 +586,9 @@ class RegistryState:
         On ValueError nothing is applied and no snapshot is left unfinished.
         """
         self._check_peer(node_id)
-        chunk = self._checked_claims(node_id, claims)
+        records = self._checked_claims(node_id, claims)
         self.begin_snapshot(node_id)
-        effects = self.snapshot_chunk(node_id, chunk)
+        effects = self._apply_records(node_id, records, None, 0)
         self.end_snapshot(node_id)
         return effects
 
@@ -609,19 +606,60 @@ class RegistryState:
         if node_id == self._local_node:
             raise ValueError(f"node {node_id} is this node, not a peer")
 
-    def _checked_claims(self, node_id: int, claims: Iterable[Claim]) -> list[Claim]:
-        chunk: list[Claim] = []
+    def _checked_claims(self, node_id: int, claims: Iterable[Claim]) -> list[_Record]:
+        records: list[_Record] = []
         for claim in claims:
-            try:
-                name, mbox_id = claim
-            except (TypeError, ValueError):
-                raise ValueError(f"a claim is a (name, MailboxID) pair, got {claim!r:.80}") from None
-            check_name(name)
-            _check_mbox(mbox_id)
-            if mbox_id.node != node_id:
-                raise ValueError(f"node {node_id} sent a snapshot holding a claim of {mbox_id}")
-            chunk.append((name, mbox_id))
-        return chunk
+            if type(claim) is not tuple or len(claim) != 2:
+                raise ValueError(f"a claim is a (name, MailboxID) pair, got {claim!r:.80}")
+            name, mbox_id = claim
+            units = _name_units(name)
+            if type(mbox_id) is not MailboxID or mbox_id.node != node_id:
+                raise ValueError(f"node {node_id} sent a snapshot holding a claim of {mbox_id!r:.80}")
+            records.append((True, name, mbox_id, units))
+        return records
+
+    def _apply_records(self, node_id: int, records: list[_Record], budget: int | None, adds: int) -> Effects:
+        """Apply checked records of ``node_id``'s claims (``adds``: the units of the additions)
+        within ``budget`` (else OverBudget, applying nothing)."""
+        known = self._incarnations.get(node_id)
+        if budget is not None:
+            held = self._units.get(node_id, 0)
+            if held + adds > budget:  # only then is the exact count worth its cost
+                after = held + self._records_delta(node_id, records)
+                if after > budget:
+                    raise OverBudget(
+                        f"node {node_id}'s claims would cost {after} claim units, over the "
+                        f"limit of {budget}"
+                    )
+        notify: set[tuple[MailboxID, str]] = set()
+        add, remove, gained, unremember = self._add, self._remove, self._gained, self._unremember
+        for added, name, mbox_id, units in records:
+            if known is not None and mbox_id.incarnation != known:
+                continue
+            if added:
+                if add(name, mbox_id, units):
+                    gained(name, mbox_id, unremember(node_id, name, mbox_id), notify)
+            elif not remove(name, mbox_id, units):
+                unremember(node_id, name, mbox_id)
+        return Effects(notify=_sorted(notify)) if notify else NO_EFFECTS
+
+    def _records_delta(self, node_id: int, records: Iterable[_Record]) -> int:
+        holds = self.holds
+        lost = self._lost.get(node_id, {})
+        known = self._incarnations.get(node_id)
+        seen: dict[Claim, bool] = {}
+        delta = 0
+        for added, name, mbox_id, units in records:
+            if known is not None and mbox_id.incarnation != known:
+                continue
+            claim = (name, mbox_id)
+            present = seen.get(claim)
+            if present is None:
+                present = claim in lost or holds(name, mbox_id)
+            if added != present:
+                delta += units if added else -units
+                seen[claim] = added
+        return delta
 
     def holds(self, name: str, mbox_id: MailboxID) -> bool:
         """Whether ``(name, mbox_id)`` is a claim in this node's view (O(1); any thread)."""
@@ -632,8 +670,8 @@ class RegistryState:
             return entry == mbox_id
         return order_key(mbox_id) in entry.members  # type: ignore[union-attr]
 
-    def _add(self, name: str, mbox_id: MailboxID) -> bool:
-        """Add one claim to every index; False if it was already held."""
+    def _add(self, name: str, mbox_id: MailboxID, units: int) -> bool:
+        """Add one claim (of ``claim_units`` ``units``) to every index; False if already held."""
         claimants = self._claimants
         entry = claimants.get(name)
         if entry is None:
@@ -652,9 +690,9 @@ class RegistryState:
         owned = self._owned.get(node)
         if owned is None:
             owned = self._owned[node] = {}
-        names = owned.get(mbox_id)
-        if names is None:
-            owned[mbox_id] = name
+        names = owned.setdefault(mbox_id, name)
+        if names is name:
+            pass
         elif type(names) is str:
             owned[mbox_id] = {names, name}
         else:
@@ -666,11 +704,11 @@ class RegistryState:
                 self._local[name] = {mbox_id: self._stamp}
             else:
                 local[mbox_id] = self._stamp
-        self._charge(node, claim_units(name))
+        self._charge(node, units)
         return True
 
-    def _remove(self, name: str, mbox_id: MailboxID) -> bool:
-        """Remove one claim from every index; False if it was not held."""
+    def _remove(self, name: str, mbox_id: MailboxID, units: int) -> bool:
+        """Remove one claim (of ``claim_units`` ``units``) from every index; False if not held."""
         claimants = self._claimants
         entry = claimants.get(name)
         if entry is None:
@@ -706,7 +744,7 @@ class RegistryState:
             del local[mbox_id]
             if not local:
                 del self._local[name]
-        self._charge(node, -claim_units(name))
+        self._charge(node, -units)
         return True
 
     def _lose_all(self, node_id: int) -> None:

@@ -31,17 +31,20 @@ int >= 0.
 
 Limits the receiver enforces (:class:`RegistryLimits`; each is a spec field)
 ---------------------------------------------------------------------------
-=========================  ============  ======================================================
-spec field                 default       beyond it
-=========================  ============  ======================================================
-``registry_frame_claims``  5,000         refused: a ``reg.chunk``/``reg.changes`` frame with
+=============================  ========  ======================================================
+spec field                     default   beyond it
+=============================  ========  ======================================================
+``registry_frame_claims``      5,000     refused: a ``reg.chunk``/``reg.changes`` frame with
                                          more records is a protocol error (senders cut frames
                                          at this size, so a correct peer never sends more)
-``registry_peer_claims``   200,000       refused: a frame that would make one peer's claims
-                                         (counted in :func:`~.registry.claim_units`, ~320 B
-                                         each, so ~61 MiB) exceed it is a protocol error,
-                                         applied not at all; this also bounds an unfinished
-                                         snapshot, whose claims are the peer's claims
+``registry_peer_claims``       190,000   refused: a frame that would make one peer's claims
+                                         (counted in :func:`~.registry.claim_units`, 352 B
+                                         each, so ~64 MiB) exceed it is a protocol error,
+                                         applied not at all. It bounds an unfinished snapshot
+                                         too (its claims are the peer's claims, applied as
+                                         they arrive), and the lost claims remembered for a
+                                         peer. A node refuses local registrations beyond it,
+                                         so a correct peer never sends more.
 ``registry_snapshot_timeout``  30 s      refused: a peer whose snapshot has not ended this
                                          long after its connection came up has its claims
                                          dropped (memory released) and its connection closed
@@ -50,13 +53,13 @@ spec field                 default       beyond it
                                          interval; conflicts arising meanwhile are reported by
                                          one notice at the interval's end, if the name still
                                          has several claimants then (:class:`NoticeThrottle`)
-=========================  ============  ======================================================
+=============================  ========  ======================================================
 
 Anything else a correct peer never sends (an unknown kind, a wrong shape, a bad name or serial,
 a frame out of order) is refused the same way. "Refused" means :class:`~reign.ProtocolError`:
 nothing of the frame is applied, the caller closes that connection (logged with the reason),
-the state forgets the peer's claims (``node_lost``) and the peer redials and resends its
-snapshot. The cost of a frame is bounded by ``registry_frame_claims``: at the default, the
+the state forgets the peer's claims (``node_lost``: O(its claims), ~50 ms for 190,000) and the
+peer redials and resends its snapshot. The cost of a frame is bounded by ``registry_frame_claims``: at the default, the
 worst frame (5,000 claims of 512-byte names, or 5,000 more claimants of one name) costs about
 :data:`FRAME_BUDGET` of loop time on this project's machine kind (``bench/registry_hostile.py``).
 """
@@ -66,11 +69,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._errors import ProtocolError
 from .ids import UINT64_LIMIT, MailboxID, mailbox_id_from_parts
-from .registry import NO_EFFECTS, Change, Claim, ClaimChange, Effects, RegistryState, check_name, name_size
+from .registry import NO_EFFECTS, Change, Claim, ClaimChange, Effects, OverBudget, RegistryState, name_size
 
 __all__ = [
     "BEGIN",
@@ -108,14 +111,17 @@ _REMOVE = "-"
 #: a tick, and small enough that a stream of frames leaves the loop responsive.
 FRAME_BUDGET = 0.025
 #: Records per ``reg.chunk``/``reg.changes`` frame by default. Measured on this project's 2-core
-#: VM: applying 5,000 claims costs ~6 ms (~1.2 us each, ~4 us for new claimants of a name that
-#: has 200,000), decoding the frame up to ~3 ms (5,000 names of 512 bytes: 2.6 MB), so the worst
-#: frame stays within FRAME_BUDGET; and 5,000 claims of short names (~100 KiB) amortise framing.
+#: VM (``bench/registry_hostile.py``), a frame at the limit costs its receiver ~12 ms (about
+#: 2.4 us per claim: check, build the MailboxID, apply), 15 ms for 5,000 more claimants of a name
+#: that has 25,000, 17 ms for 5,000 names of 512 bytes (2.6 MB: 9 ms of it decoding): within
+#: FRAME_BUDGET. (A garbage collection or a resize of the registry's dicts landing in a frame
+#: adds up to ~50 ms; that cost grows with the whole registry, not with the frame.) 5,000
+#: claims of short names (~100 KiB) also amortise the framing.
 DEFAULT_FRAME_CLAIMS = 5000
 #: Claims one peer may hold on this node by default, in claim_units (one per claim of a name of
-#: up to 24 bytes): 200,000 * CLAIM_UNIT_BYTES (320 B) = 61 MiB, the ~64 MiB per peer the
+#: up to 32 bytes): 190,000 * CLAIM_UNIT_BYTES (352 B) = 63.8 MiB, the ~64 MiB per peer the
 #: hardening issue asks for. (Before this bound, 400,000 claims cost 294 MiB.)
-DEFAULT_PEER_CLAIMS = 200_000
+DEFAULT_PEER_CLAIMS = 190_000
 #: Seconds from a connection coming up to the end of the peer's snapshot, by default. A correct
 #: peer sends it at once: 100,000 claims arrive in ~0.5 s on loopback, and a full
 #: DEFAULT_PEER_CLAIMS snapshot (~4 MB) would take 30 s only below ~1 Mbit/s.
@@ -205,9 +211,8 @@ def _framed(kind: str, flat: list[Any], stride: int, limits: RegistryLimits) -> 
 # ------------------------------------------------------------------------------- receiving
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """What applying one frame asks of the caller.
+class Received(NamedTuple):
+    """What applying one frame asks of the caller (a NamedTuple: one is made per frame).
 
     ``kind``: the frame's kind. ``effects``: local claimants to send ``MultipleClaim`` (they
     were caused by the peer: pass them through the :class:`NoticeThrottle`). ``answer``: a
@@ -300,70 +305,64 @@ class PeerRegistry:
     # ----------------------------------------------------------------------------- private
 
     def _changes(self, payload: list[Any]) -> Received:
-        self._expect_phase(CHANGES, "live")
+        if self.phase != "live":
+            self._expect_phase(CHANGES, "live")
         flat = self._records(payload, 3)
         changes: list[Change] = []
-        claimant = self._claimants()
+        append = changes.append
+        cache: dict[int, MailboxID] = {}  # one MailboxID per serial in a frame
         for i in range(0, len(flat), 3):
-            op, name, serial = flat[i], flat[i + 1], flat[i + 2]
+            op, serial = flat[i], flat[i + 2]
             if op == _ADD:
                 added = True
             elif op == _REMOVE:
                 added = False
             else:
                 raise self._error(CHANGES, f"unknown change {op!r:.20}")
-            changes.append((added, self._name(CHANGES, name), claimant(serial)))
-        self._check_budget(CHANGES, changes)
-        effects = self._state.apply_changes(self._peer, changes)
+            mbox_id = cache.get(serial) if type(serial) is int else None
+            if mbox_id is None:
+                mbox_id = cache[serial] = self._claimant(serial)
+            append((added, flat[i + 1], mbox_id))
+        try:  # the state checks the names (and everything else) before applying any
+            effects = self._state.apply_changes(self._peer, changes, self._limits.peer_claims)
+        except ValueError as exc:
+            raise self._refused(CHANGES, exc) from None
         return Received(CHANGES, effects, claims=len(changes))
 
     def _chunk(self, payload: list[Any]) -> Received:
-        self._expect_phase(CHUNK, "snapshot")
+        if self.phase != "snapshot":
+            self._expect_phase(CHUNK, "snapshot")
         flat = self._records(payload, 2)
-        claimant, name = self._claimants(), self._name
-        claims: list[Claim] = [(name(CHUNK, flat[i]), claimant(flat[i + 1])) for i in range(0, len(flat), 2)]
-        self._check_budget(CHUNK, [(True, name, mbox_id) for name, mbox_id in claims])
-        effects = self._state.snapshot_chunk(self._peer, claims)
+        claims: list[Claim] = []
+        append = claims.append
+        cache: dict[int, MailboxID] = {}  # one MailboxID per serial in a frame
+        for i in range(0, len(flat), 2):
+            serial = flat[i + 1]
+            mbox_id = cache.get(serial) if type(serial) is int else None
+            if mbox_id is None:
+                mbox_id = cache[serial] = self._claimant(serial)
+            append((flat[i], mbox_id))
+        try:
+            effects = self._state.snapshot_chunk(self._peer, claims, self._limits.peer_claims)
+        except ValueError as exc:
+            raise self._refused(CHUNK, exc) from None
         self.snapshot_claims += len(claims)
         return Received(CHUNK, effects, claims=len(claims))
 
-    def _check_budget(self, kind: str, changes: list[Change]) -> None:
-        """Refuse the frame if applying it would leave the peer over ``peer_claims``."""
-        state, limit = self._state, self._limits.peer_claims
-        after = state.units_of(self._peer) + state.units_delta(self._peer, changes)
-        if after > limit:
-            raise self._error(
-                kind,
-                f"the peer's claims would cost {after} claim units, over the limit of "
-                f"{limit} (registry_peer_claims)",
-            )
+    def _refused(self, kind: str, exc: ValueError) -> ProtocolError:
+        if isinstance(exc, OverBudget):
+            return self._error(kind, f"{exc} (registry_peer_claims)")
+        return self._error(kind, str(exc))
 
-    def _claimants(self) -> Any:
-        """A function serial -> MailboxID of the peer's current run, validating the serial.
+    def _claimant(self, serial: Any) -> MailboxID:
+        """The MailboxID of ``serial`` in the peer's current run; ProtocolError for a bad serial.
 
-        It hands out one object per serial (a frame's claims mostly share few mailboxes), which
-        halves the time a large snapshot spends allocating and collecting garbage.
+        The callers keep one object per serial for the frame (a frame's claims mostly share few
+        mailboxes), which halves the time a large snapshot spends allocating and collecting.
         """
-        peer, incarnation = self._peer, self._incarnation
-        cache: dict[int, MailboxID] = {}
-
-        def claimant(serial: Any) -> MailboxID:
-            if type(serial) is int:  # (a float key would find an int's entry)
-                mbox_id = cache.get(serial)
-                if mbox_id is not None:
-                    return mbox_id
-                if 0 <= serial < UINT64_LIMIT:
-                    mbox_id = cache[serial] = mailbox_id_from_parts(peer, incarnation, serial)
-                    return mbox_id
-            raise ProtocolError(f"registry frame from node {peer}: bad serial {serial!r:.30}")
-
-        return claimant
-
-    def _name(self, kind: str, name: Any) -> str:
-        try:
-            return check_name(name)
-        except ValueError as exc:
-            raise self._error(kind, str(exc)) from None
+        if type(serial) is int and 0 <= serial < UINT64_LIMIT:  # (not a bool, not a float)
+            return mailbox_id_from_parts(self._peer, self._incarnation, serial)
+        raise ProtocolError(f"registry frame from node {self._peer}: bad serial {serial!r:.30}")
 
     def _records(self, payload: list[Any], stride: int) -> list[Any]:
         kind = payload[0]

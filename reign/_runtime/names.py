@@ -36,7 +36,8 @@ A frame a peer should not have sent (see the limits in :mod:`reign._core.registr
 with the reason); the peer redials and resends its snapshot. Log events (logger
 ``reign.names``): ``names.snapshot.sent``, ``names.snapshot.merged``,
 ``names.snapshot.timeout`` (warning), ``names.multiple_claim`` (with how many notices were
-coalesced since the last one), ``names.sync.timeout`` (warning).
+coalesced since the last one), ``names.register.refused`` (warning: a registration from another
+thread that raced past ``registry_peer_claims``), ``names.sync.timeout`` (warning).
 """
 
 from __future__ import annotations
