@@ -49,11 +49,15 @@ def check_indexes(state: RegistryState) -> int:
         assert all(m.node == node for m in owned)
         for names in owned.values():
             assert isinstance(names, str) or len(names) >= 2, "a sole name is kept as itself"
-    local = {(name, m) for name, claimants in state._local.items() for m in claimants}
-    assert all(state._local.values()), "no empty local entry"
+    local: set[tuple[str, MailboxID]] = set()
+    for name, entry in state._local.items():
+        if isinstance(entry, tuple):
+            local.add((name, entry[0]))
+        else:
+            assert len(entry) >= 2, "a sole local claimant is kept as a tuple"
+            assert list(entry.values()) == sorted(entry.values()), "local claims in stamp order"
+            local |= {(name, m) for m in entry}
     assert local == {(name, m) for name, m in by_name if m.node == state.local_node}
-    for stamps in state._local.values():
-        assert list(stamps.values()) == sorted(stamps.values()), "local claims in stamp order"
     for entry in state._claimants.values():
         if not isinstance(entry, MailboxID):
             assert len(entry.members) >= 2 and entry.first == min(entry.members.values(), key=_order)

@@ -87,6 +87,7 @@ from .ids import MAX_NODE_ID, UINT64_LIMIT, MailboxID
 __all__ = [
     "CLAIM_OVERHEAD_BYTES",
     "CLAIM_UNIT_BYTES",
+    "MAX_CLAIM_UNITS",
     "MAX_NAME_BYTES",
     "NO_EFFECTS",
     "Change",
@@ -143,6 +144,10 @@ def claim_units(name: str) -> int:
     :data:`CLAIM_OVERHEAD_BYTES` plus the name's bytes) in units of :data:`CLAIM_UNIT_BYTES`,
     rounded up. 1 for names of up to 32 bytes, 3 for the longest (512 bytes)."""
     return (CLAIM_OVERHEAD_BYTES + name_size(name) + CLAIM_UNIT_BYTES - 1) // CLAIM_UNIT_BYTES
+
+
+#: What the costliest claim (a name of MAX_NAME_BYTES) counts for: 3.
+MAX_CLAIM_UNITS = (CLAIM_OVERHEAD_BYTES + MAX_NAME_BYTES + CLAIM_UNIT_BYTES - 1) // CLAIM_UNIT_BYTES
 
 
 def check_name(name: object) -> str:
@@ -285,8 +290,10 @@ class RegistryState:
         self._claimants: dict[str, MailboxID | _Many] = {}
         # node -> claimant -> its sole name, or a set of two or more.
         self._owned: dict[int, dict[MailboxID, str | set[str]]] = {}
-        # name -> local claimant -> stamp of the claim (dict order is stamp order).
-        self._local: dict[str, dict[MailboxID, int]] = {}
+        # name -> its local claimants and the stamps of their claims: (claimant, stamp) for the
+        # usual sole one (a tuple is a third of a dict's memory), a dict of two or more (dict
+        # order is stamp order).
+        self._local: dict[str, tuple[MailboxID, int] | dict[MailboxID, int]] = {}
         # Invariant 2: names with >= 2 claimants.
         self._multiple = 0
         # Invariant 5: peer node -> lost claim -> stamp of the loss (names with local claimants).
@@ -339,7 +346,9 @@ class RegistryState:
     def in_conflict(self, name: str, mbox_id: MailboxID) -> bool:
         """Whether the local ``mbox_id`` claims ``name`` and the name has another claimant."""
         local = self._local.get(name)
-        return local is not None and mbox_id in local and type(self._claimants[name]) is _Many
+        if local is None or type(self._claimants[name]) is not _Many:
+            return False
+        return local[0] == mbox_id if isinstance(local, tuple) else mbox_id in local
 
     def names_of(self, mbox_id: MailboxID) -> frozenset[str]:
         """The names ``mbox_id`` claims in this node's view."""
@@ -413,9 +422,12 @@ class RegistryState:
         mbox_id = self._check_local(mbox_id)
         if not self._add(name, mbox_id, units):
             return NO_EFFECTS
+        change = (ClaimChange("add", name, mbox_id),)
+        if type(self._claimants[name]) is MailboxID:  # its sole claimant: nobody to tell
+            return Effects(broadcast=change)
         notify: set[tuple[MailboxID, str]] = set()
         self._gained(name, mbox_id, None, notify)
-        return Effects(_sorted(notify), (ClaimChange("add", name, mbox_id),))
+        return Effects(_sorted(notify), change)
 
     def unregister_local(self, name: str, mbox_id: MailboxID) -> Effects:
         """Remove the local claim ``(name, mbox_id)``; ignored if it is not held.
@@ -701,10 +713,13 @@ class RegistryState:
             self._stamp += 1
             local = self._local.get(name)
             if local is None:
-                self._local[name] = {mbox_id: self._stamp}
+                self._local[name] = (mbox_id, self._stamp)
+            elif isinstance(local, tuple):
+                self._local[name] = {local[0]: local[1], mbox_id: self._stamp}
             else:
                 local[mbox_id] = self._stamp
-        self._charge(node, units)
+        held = self._units
+        held[node] = held.get(node, 0) + units  # units >= 1: never 0 here
         return True
 
     def _remove(self, name: str, mbox_id: MailboxID, units: int) -> bool:
@@ -741,9 +756,12 @@ class RegistryState:
                 owned[mbox_id] = next(iter(names))
         if node == self._local_node:
             local = self._local[name]
-            del local[mbox_id]
-            if not local:
+            if isinstance(local, tuple):
                 del self._local[name]
+            else:
+                del local[mbox_id]
+                if len(local) == 1:
+                    self._local[name] = next(iter(local.items()))
         self._charge(node, -units)
         return True
 
@@ -810,14 +828,17 @@ class RegistryState:
         if type(self._claimants[name]) is not _Many:
             return
         local = self._local.get(name)
-        if not local:
+        if local is None:
             return
-        if lost_at is None:  # a new episode (a local claim is always one): everyone hears
+        if isinstance(local, tuple):
+            if lost_at is None or local[1] > lost_at:
+                notify.add((local[0], name))
+        elif lost_at is None:  # a new episode (a local claim is always one): everyone hears
             for other in local:
                 notify.add((other, name))
         else:
-            for other in reversed(local):  # newest first: stop at the first older than the loss
-                if local[other] < lost_at:
+            for other, stamp in reversed(local.items()):  # newest first
+                if stamp < lost_at:  # told before the loss, and so is everyone older
                     break
                 notify.add((other, name))
 
