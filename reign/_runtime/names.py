@@ -22,7 +22,8 @@ Invariants
   leaves in the peer-down hook, where the state forgets the peer's claims (``node_lost``).
 * A peer's snapshot must end within ``registry_snapshot_timeout`` of its connection coming up:
   otherwise its claims are dropped at once (their memory released) and its connection is
-  closed as a protocol error (``names.snapshot.timeout``, then ``peer.protocol_error``).
+  closed as a protocol error (``peer.protocol_error`` with the reason, and
+  ``names.snapshot.timeout``).
 * ``MultipleClaim`` notices caused by a peer's frames go through one
   :class:`~reign._core.registry_wire.NoticeThrottle`: at most one per claimant and name per
   ``registry_notice_interval``, the rest coalesced into one notice at the interval's end if the
@@ -132,7 +133,7 @@ class ControlChannel(Protocol):
     @property
     def spec(self) -> ClusterSpec: ...
     def send_control(self, peer_id: int, payload: Any) -> bool: ...
-    def disconnect(self, peer_id: int, reason: str) -> None: ...
+    def disconnect(self, peer_id: int, reason: str) -> bool: ...
     def add_listener(self, listener: Any) -> None: ...
 
 
@@ -452,16 +453,16 @@ class Names:
         phase, claims = receiver.phase, receiver.snapshot_claims
         receiver.close()  # the claims go now, whatever the connection does next
         timeout = self._limits.snapshot_timeout
-        self._log.warning(
-            "names.snapshot.timeout", peer=peer, timeout=timeout, phase=phase, claims=claims
-        )
         cluster = self._cluster
         assert cluster is not None
-        cluster.disconnect(
-            peer,
+        reason = (
             f"registry snapshot not complete {timeout:g} s after the connection came up "
-            f"({claims} claims received; registry_snapshot_timeout)",
+            f"({claims} claims received; registry_snapshot_timeout)"
         )
+        if cluster.disconnect(peer, reason):  # (not when the node is stopping)
+            self._log.warning(
+                "names.snapshot.timeout", peer=peer, timeout=timeout, phase=phase, claims=claims
+            )
 
     # ------------------------------------------------------------------------- queries
 
