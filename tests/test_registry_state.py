@@ -895,3 +895,16 @@ ClusterMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=50, deadline=None, print_blob=True
 )
 test_cluster = ClusterMachine.TestCase
+
+
+def test_local_fits_counts_this_nodes_own_claims() -> None:
+    s = RegistryState(0)
+    x = mid(0, 1)
+    for i in range(10):
+        s.register_local(f"s{i}", x)
+    assert s.units_of(0) == 10
+    assert s.local_fits("y" * 512, x, 13) and not s.local_fits("y" * 512, x, 12)
+    assert s.local_fits("s0", x, 10)  # claimed already: fits whatever the budget
+    assert not s.local_fits("s10", x, 10) and s.local_fits("s10", x, 11)
+    s.mailbox_closed(x)
+    assert s.units_of(0) == 0 and s.local_fits("s10", x, 1)

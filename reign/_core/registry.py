@@ -372,6 +372,15 @@ class RegistryState:
         its claims held plus (for a peer) its lost claims remembered for invariant 5."""
         return self._units.get(node_id, 0)
 
+    def local_fits(self, name: str, mbox_id: MailboxID, budget: int) -> bool:
+        """Whether claiming ``name`` for the local ``mbox_id`` keeps this node's own claims within
+        ``budget`` claim units (what a peer accepts from us); True if it is claimed already.
+        O(1): the name is measured only when the node is within MAX_CLAIM_UNITS of the budget."""
+        units = self._units.get(self._local_node, 0)
+        if units + MAX_CLAIM_UNITS <= budget:
+            return True
+        return self.holds(name, mbox_id) or units + claim_units(name) <= budget
+
     def units_delta(self, node_id: int, changes: Iterable[Change]) -> int:
         """How :meth:`units_of` (``node_id``) would change if ``changes`` were applied in order:
         exact (what the ``budget`` of :meth:`apply_changes` is checked against). O(len(changes));

@@ -52,14 +52,7 @@ from .._config.spec import ClusterSpec
 from .._core.address import Address
 from .._core.ids import MailboxID
 from .._core.messages import MultipleClaim
-from .._core.registry import (
-    MAX_CLAIM_UNITS,
-    MAX_NAME_BYTES,
-    Effects,
-    RegistryState,
-    check_name,
-    claim_units,
-)
+from .._core.registry import MAX_NAME_BYTES, Effects, RegistryState, check_name
 from .._core.registry_wire import (
     END,
     NoticeThrottle,
@@ -290,13 +283,7 @@ class Names:
 
     def _room_for(self, name: str, mbox_id: MailboxID) -> bool:
         """Whether our peers accept one more claim from us (always, without a cluster)."""
-        if self._cluster is None:
-            return True
-        state = self._state
-        units, limit = state.units_of(state.local_node), self._limits.peer_claims
-        if units + MAX_CLAIM_UNITS <= limit:  # the usual case, without measuring the name
-            return True
-        return state.holds(name, mbox_id) or units + claim_units(name) <= limit
+        return self._cluster is None or self._state.local_fits(name, mbox_id, self._limits.peer_claims)
 
     def _no_room(self, name: str) -> str:
         return (
