@@ -44,6 +44,12 @@ Invariants (kept after every call returns; ``tests/test_registry_state.py`` chec
    claimant of the name. Memory is O(claims); no call walks the other claimants of a name.
 6. Only local claimants are ever in ``Effects.notify``: each node notifies its own claimants,
    so a claimant is never notified twice for one conflict by two nodes.
+7. *Memory accounting.* :meth:`~RegistryState.units_of` (node) is the :func:`claim_units` of
+   that node's claims held plus, for a peer, of its lost claims remembered for invariant 5;
+   a batch given a ``budget`` (:meth:`~RegistryState.apply_changes`,
+   :meth:`~RegistryState.snapshot_chunk`) never leaves it above the budget: it raises
+   :class:`OverBudget` first, applying nothing. One claim unit stands for
+   :data:`CLAIM_UNIT_BYTES` of this node's memory (measured; see :data:`CLAIM_OVERHEAD_BYTES`).
 
 Cost (n: claimants of the name; k: claims of the call; L: local claimants told)
 ------------------------------------------------------------------------------
