@@ -54,6 +54,8 @@ from .._core.ids import MailboxID
 from .._core.messages import MultipleClaim
 from .._core.registry import MAX_NAME_BYTES, Effects, RegistryState, check_name
 from .._core.registry_wire import (
+    CHANGES,
+    CHUNK,
     END,
     NoticeThrottle,
     PeerRegistry,
@@ -154,6 +156,7 @@ class Names:
         self._flush: asyncio.TimerHandle | None = None
         self._sync_seq = itertools.count(1)
         self._syncs: dict[int, tuple[asyncio.Future[None], set[int]]] = {}
+        self._name_waiters: dict[str, list[asyncio.Future[None]]] = {}  # wait_for
         self._log = _log.bind(node=node.id)
         node.add_close_listener(self._mailbox_closed)
         if cluster is not None:
@@ -280,6 +283,43 @@ class Names:
             self._log.warning("names.register.refused", name=name[:80], reason=self._no_room(name))
             return
         self._apply(self._state.register_local(name, mbox_id))
+        if self._name_waiters:
+            self._wake_waiters()
+
+    async def wait_for(self, name: str, *, timeout: float | None = None) -> Address:
+        """The claimant of ``name`` (as :meth:`lookup` gives it), once the name is visible here.
+
+        Returns at once if it is; otherwise when a registration here or from a peer makes it
+        visible (no polling). Raises :class:`TimeoutError` after ``timeout`` seconds,
+        :class:`reign.CantGloballyRegisterError` for something that cannot be a name, and
+        RuntimeError off the node's loop.
+        """
+        loop = self._node.binding.require_loop_thread("names.wait_for()")
+        name = _checked_name(name)
+        async with asyncio.timeout(timeout):
+            while True:
+                found = self.lookup(name)
+                if found is not None:
+                    return found
+                future: asyncio.Future[None] = loop.create_future()
+                waiters = self._name_waiters.setdefault(name, [])
+                waiters.append(future)
+                try:
+                    await future
+                finally:
+                    if future in waiters:
+                        waiters.remove(future)
+                    if not waiters and self._name_waiters.get(name) is waiters:
+                        del self._name_waiters[name]
+
+    def _wake_waiters(self) -> None:
+        """Resolve the ``wait_for`` calls whose name is now visible."""
+        seen = self._state.seen
+        for name, waiters in list(self._name_waiters.items()):
+            if seen(name):
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(None)
 
     def _room_for(self, name: str, mbox_id: MailboxID) -> bool:
         """Whether our peers accept one more claim from us (always, without a cluster)."""
@@ -405,6 +445,8 @@ class Names:
             got = receiver.receive(payload)
         except ValueError as exc:  # pragma: no cover - registry_wire checks what the state checks
             raise ProtocolError(f"registry frame from node {peer}: {exc}") from None
+        if self._name_waiters and got.kind in (CHANGES, CHUNK):
+            self._wake_waiters()
         if got.effects.notify:
             self._peer_notices(got.effects.notify)
         if got.answer is not None:
