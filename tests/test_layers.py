@@ -55,7 +55,8 @@ def forbidden_imports(module: str, path: Path = ROOT) -> list[str]:
 
 def test_the_core_has_the_modules_the_architecture_names() -> None:
     for name in ("ids", "address", "messages", "codec", "codec.encoder", "codec.decoder",
-                 "codec.scan", "codec.types", "frames", "protocol", "inbound", "monitors", "registry"):
+                 "codec.scan", "codec.types", "frames", "protocol", "inbound", "monitors", "registry",
+                 "registry_wire"):
         assert f"reign._core.{name}" in CORE_MODULES
 
 

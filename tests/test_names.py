@@ -1,11 +1,13 @@
-"""The name registry on a no_clustering() node: the whole API, locally, on real mailboxes."""
+"""The name registry on a no_clustering() node: the whole API, locally, on real mailboxes.
+
+The registry protocol (frames from peers) is tested without I/O in ``test_registry_wire.py`` and
+over real TLS in ``test_names_cluster.py`` and ``test_registry_hostile.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import threading
-from collections.abc import AsyncIterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -266,90 +268,3 @@ async def test_sync_from_another_loop_is_refused() -> None:
         while thread.is_alive():
             await asyncio.sleep(0.001)
         assert len(result) == 1 and isinstance(result[0], RuntimeError)
-
-
-# ------------------------------------------------------------------ the registry protocol
-# Frames are fed straight to the control handler, as the connector does for CONTROL frames.
-
-PEER, PEER_INCARNATION = 1, 5
-
-
-def peer_id(serial: int) -> reign.MailboxID:
-    return reign.MailboxID(PEER, PEER_INCARNATION, serial)
-
-
-@pytest.fixture
-async def node() -> AsyncIterator[reign.Node]:
-    async with reign.no_clustering() as node:
-        node.names._state.node_incarnation(PEER, PEER_INCARNATION)  # as the peer-up hook does
-        yield node
-
-
-async def test_snapshot_and_change_frames_apply(node: reign.Node) -> None:
-    names, handle = node.names, node.names.control
-    addr, mbox = node.new_mailbox()
-    names.register("c", addr)
-    handle(PEER, ["reg.begin"])
-    handle(PEER, ["reg.chunk", ["a", 1, "b", 2]])
-    handle(PEER, ["reg.chunk", []])
-    assert names.seen_names("a") == [False]  # applied at the end only
-    handle(PEER, ["reg.end"])
-    assert ids_of(names.lookup_all("a")) == [peer_id(1)] and names.lookup("b") == node.address(str(peer_id(2)))
-    handle(PEER, ["reg.changes", ["+", "c", 3, "-", "a", 1, "+", "d", 3]])
-    assert names.seen_names("a", "c", "d") == [False, True, True]
-    assert ids_of(names.lookup_all("c")) == [addr.id, peer_id(3)]
-    assert drain(mbox) == [reign.MultipleClaim("c")]
-    handle(PEER, ["reg.begin"])
-    handle(PEER, ["reg.end"])  # an empty snapshot: the peer holds nothing now
-    assert names.seen_names("b", "c", "d") == [False, True, False]
-
-
-def ids_of(addrs: list[reign.Address]) -> list[reign.MailboxID]:
-    return [a.id for a in addrs]
-
-
-@pytest.mark.parametrize(
-    "frames",
-    [
-        ["reg.begin"],
-        None,
-        [],
-        [3],
-        ["reg.unknown"],
-        ("reg.begin",),
-        ["reg.begin", 1],
-        ["reg.end"],  # no snapshot begun
-        ["reg.chunk", ["a", 1]],  # no snapshot begun
-        ["reg.changes", ["*", "a", 1]],
-        ["reg.changes", ["+", "a"]],
-        ["reg.changes", ["+", "", 1]],
-        ["reg.changes", ["+", 7, 1]],
-        ["reg.changes", ["+", "a", -1]],
-        ["reg.changes", ["+", "a", 2**64]],
-        ["reg.changes", ["+", "a", "1"]],
-        ["reg.changes", "+a1"],
-        ["reg.changes"],
-        ["reg.sync"],
-        ["reg.sync", -1],
-        ["reg.synced", "1"],
-    ],
-)
-async def test_malformed_frames_are_protocol_errors(node: reign.Node, frames: object) -> None:
-    handle = node.names.control
-    if frames == ["reg.begin"]:  # the valid frame, then malformed chunks and interleaved changes
-        handle(PEER, ["reg.begin"])
-        for bad in (
-            ["reg.chunk", ["a"]],
-            ["reg.chunk", "ab"],
-            ["reg.chunk", ["", 1]],
-            ["reg.chunk", [None, 1]],
-            ["reg.chunk", ["a", 1.0]],
-            ["reg.changes", ["+", "a", 1]],
-        ):
-            with pytest.raises(reign.ProtocolError):
-                handle(PEER, bad)
-        handle(PEER, ["reg.end"])
-        assert node.names.seen_names("a") == [False]
-        return
-    with pytest.raises(reign.ProtocolError):
-        handle(PEER, frames)

@@ -414,3 +414,18 @@ async def test_large_snapshot_reaches_a_joining_node(tmp_path: Path, capsys: pyt
             assert await m2.receive(timeout=10) == reign.MultipleClaim("service.000007")
     with capsys.disabled():
         print(f"\n{SNAPSHOT_NAMES} names: connect + snapshot + sync in {elapsed * 1000:.0f} ms")
+
+
+async def test_wait_for_wakes_on_a_peers_registration(spec3: Path) -> None:
+    async with running(spec3, [1, 2]) as (n1, n2):
+        waiter = asyncio.ensure_future(n2.names.wait_for("late", timeout=10))
+        local = asyncio.ensure_future(n1.names.wait_for("late", timeout=10))
+        await asyncio.sleep(0.05)
+        assert not waiter.done() and not local.done()
+        addr, _ = n1.new_mailbox()
+        n1.names.register("late", addr)
+        assert await local == addr  # woken by the local registration
+        assert await waiter == n2.address(str(addr))  # woken by the peer's change frame
+        with pytest.raises(TimeoutError):
+            await n2.names.wait_for("never", timeout=0.05)
+        assert n2.names._name_waiters == {}

@@ -756,3 +756,48 @@ def test_a_freshly_issued_certificate_is_valid_at_once(tmp_path: Path) -> None:
     issued = x509.load_pem_x509_certificate(cert).not_valid_before_utc
     slack = datetime.timedelta(seconds=5)  # time taken since issuing
     assert issued <= datetime.datetime.now(datetime.UTC) - CLOCK_SKEW + slack
+
+
+def test_registry_tuning_fields() -> None:
+    from reign._core.registry_wire import (
+        DEFAULT_FRAME_CLAIMS,
+        DEFAULT_NOTICE_INTERVAL,
+        DEFAULT_PEER_CLAIMS,
+        DEFAULT_SNAPSHOT_TIMEOUT,
+    )
+    from reign._runtime.names import registry_limits
+
+    spec = ClusterSpec.from_dict(BASE)
+    assert (spec.registry_frame_claims, spec.registry_peer_claims) == (DEFAULT_FRAME_CLAIMS, DEFAULT_PEER_CLAIMS)
+    assert (spec.registry_snapshot_timeout, spec.registry_notice_interval) == (
+        DEFAULT_SNAPSHOT_TIMEOUT, DEFAULT_NOTICE_INTERVAL,
+    )
+    tuned = _spec(registry_frame_claims=100, registry_peer_claims=1000, registry_snapshot_timeout=2,
+                  registry_notice_interval=0)
+    spec = ClusterSpec.from_dict(tuned)
+    assert spec.registry_snapshot_timeout == 2.0 and isinstance(spec.registry_snapshot_timeout, float)
+    out = spec.to_dict()
+    assert {k: out[k] for k in tuned if k.startswith("registry_")} == {
+        "registry_frame_claims": 100, "registry_peer_claims": 1000,
+        "registry_snapshot_timeout": 2.0, "registry_notice_interval": 0.0,
+    }
+    assert ClusterSpec.from_dict(out) == spec
+    limits = registry_limits(spec)
+    assert (limits.frame_claims, limits.peer_claims, limits.snapshot_timeout, limits.notice_interval) == (
+        100, 1000, 2.0, 0.0,
+    )
+    assert limits.max_frame_bytes == spec.max_message_bytes
+    for bad, pattern in [
+        ({"registry_frame_claims": 0}, r"^registry_frame_claims: must be an integer in 1\.\.1000000"),
+        ({"registry_frame_claims": 5000.0}, r"^registry_frame_claims: must be an integer"),
+        ({"registry_frame_claims": 10**6 + 1}, r"^registry_frame_claims: must be an integer"),
+        ({"registry_peer_claims": 0}, r"^registry_peer_claims: must be an integer in 1\.\."),
+        ({"registry_peer_claims": True}, r"^registry_peer_claims: must be an integer"),
+        ({"registry_snapshot_timeout": 0.05}, r"^registry_snapshot_timeout: must be a number >= 0\.1"),
+        ({"registry_snapshot_timeout": "30"}, r"^registry_snapshot_timeout: must be a number"),
+        ({"registry_snapshot_timeout": 1e300}, r"^registry_snapshot_timeout: must be a number"),
+        ({"registry_notice_interval": -1}, r"^registry_notice_interval: must be a number >= 0 and <= 3600"),
+        ({"registry_notice_interval": None}, r"^registry_notice_interval: must be a number"),
+    ]:
+        with pytest.raises(ClusterSpecError, match=pattern):
+            ClusterSpec.from_dict(_spec(**bad))

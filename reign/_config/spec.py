@@ -21,6 +21,18 @@ parser. Invariants of every :class:`ClusterSpec` object, however it was built:
   ``pending_bytes``      16 MiB      an integer >= 0
   =====================  ==========  ===================================================
 
+  The registry's bounds on what one peer may make this node hold (what each means, and what
+  happens beyond it, is in :mod:`reign._core.registry_wire`):
+
+  =============================  =========  ===========================================
+  field                          default    accepted
+  =============================  =========  ===========================================
+  ``registry_frame_claims``      5000       an integer, 1 to 1,000,000 (records/frame)
+  ``registry_peer_claims``       190000     an integer, 1 to 2**40 (claim units/peer)
+  ``registry_snapshot_timeout``  30 s       a number of seconds, 0.1 to 86400
+  ``registry_notice_interval``   1 s        a number of seconds, 0 to 3600 (0: no limit)
+  =============================  =========  ===========================================
+
 Strictness is a feature: unknown fields (top level or per node), wrong JSON types (a bool is not
 an int), duplicate JSON keys, NaN/Infinity and out-of-range values are all
 :class:`~reign.ClusterSpecError`, and every message starts with the offending field as a path
@@ -48,6 +60,12 @@ from pathlib import Path
 from typing import Any
 
 from .._core.ids import MAX_NODE_ID
+from .._core.registry_wire import (
+    DEFAULT_FRAME_CLAIMS,
+    DEFAULT_NOTICE_INTERVAL,
+    DEFAULT_PEER_CLAIMS,
+    DEFAULT_SNAPSHOT_TIMEOUT,
+)
 from .._errors import ClusterSpecError, HandshakeError
 from . import certs as _certs
 from . import keyfiles as _keyfiles
@@ -86,6 +104,21 @@ MAX_MAX_MESSAGE_BYTES = 256 * _MIB
 DEFAULT_PENDING_MESSAGES = 10_000
 #: Encoded bytes buffered per disconnected peer by default.
 DEFAULT_PENDING_BYTES = 16 * _MIB
+#: Registry tuning: the defaults and where they come from are in reign._core.registry_wire.
+#: Upper bounds keep a typo from disabling a bound: a million records is ~10x a frame's
+#: budget, 2**40 claim units is more memory than any machine has, a day and an hour are
+#: longer than anyone waits for a snapshot or a notice.
+MAX_REGISTRY_FRAME_CLAIMS = 1_000_000
+MAX_REGISTRY_PEER_CLAIMS = 1 << 40
+MIN_REGISTRY_SNAPSHOT_TIMEOUT = 0.1
+MAX_REGISTRY_SNAPSHOT_TIMEOUT = 86_400.0
+MAX_REGISTRY_NOTICE_INTERVAL = 3600.0
+_REGISTRY_TUNING = (
+    "registry_frame_claims",
+    "registry_peer_claims",
+    "registry_snapshot_timeout",
+    "registry_notice_interval",
+)
 
 _NODE_FIELDS = frozenset({"id", "address", "listen_address", "local_address"})
 _CREDENTIALS = (
@@ -96,6 +129,7 @@ _CREDENTIALS = (
 )
 _TOP_FIELDS = frozenset(
     {"nodes", "net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes"}
+    | set(_REGISTRY_TUNING)
     | {name for triple in _CREDENTIALS for name in triple[:2]}
 )
 _PERCENT_RE = re.compile(r"%(.?)", re.DOTALL)
@@ -310,6 +344,10 @@ class ClusterSpec:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     pending_messages: int = DEFAULT_PENDING_MESSAGES
     pending_bytes: int = DEFAULT_PENDING_BYTES
+    registry_frame_claims: int = DEFAULT_FRAME_CLAIMS
+    registry_peer_claims: int = DEFAULT_PEER_CLAIMS
+    registry_snapshot_timeout: float = DEFAULT_SNAPSHOT_TIMEOUT
+    registry_notice_interval: float = DEFAULT_NOTICE_INTERVAL
     base_dir: Path | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -355,6 +393,13 @@ class ClusterSpec:
         )
         _check_int("pending_messages", self.pending_messages, 0)
         _check_int("pending_bytes", self.pending_bytes, 0)
+        _check_int("registry_frame_claims", self.registry_frame_claims, 1, MAX_REGISTRY_FRAME_CLAIMS)
+        _check_int("registry_peer_claims", self.registry_peer_claims, 1, MAX_REGISTRY_PEER_CLAIMS)
+        for name, low, high in (
+            ("registry_snapshot_timeout", MIN_REGISTRY_SNAPSHOT_TIMEOUT, MAX_REGISTRY_SNAPSHOT_TIMEOUT),
+            ("registry_notice_interval", 0.0, MAX_REGISTRY_NOTICE_INTERVAL),
+        ):
+            object.__setattr__(self, name, _check_number(name, getattr(self, name), low, high))
         if self.base_dir is not None:
             object.__setattr__(self, "base_dir", Path(self.base_dir))
 
@@ -387,7 +432,8 @@ class ClusterSpec:
                 kwargs[path_field] = _check_path_template(path_field, data[path_field])
             if data.get(pem_field) is not None:
                 kwargs[pem_field] = _check_str(pem_field, data[pem_field])
-        for name in ("net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes"):
+        for name in ("net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes",
+                     *_REGISTRY_TUNING):
             if name in data:
                 kwargs[name] = data[name]  # range-checked by __post_init__, named the same
         return cls(nodes=nodes, base_dir=None if base_dir is None else Path(base_dir), **kwargs)
@@ -433,6 +479,7 @@ class ClusterSpec:
                 "max_message_bytes",
                 "pending_messages",
                 "pending_bytes",
+                *_REGISTRY_TUNING,
             ):
                 value = getattr(self, spec_field.name)
                 if value != spec_field.default:

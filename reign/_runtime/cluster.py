@@ -478,6 +478,18 @@ class Cluster:
         conn.write(conn.protocol.control(encode(payload)))
         return True
 
+    def disconnect(self, peer_id: int, reason: str) -> bool:
+        """Close the connection to ``peer_id`` as a protocol error of the peer's (the registry
+        uses it when a peer's snapshot does not end in time): logged as ``peer.protocol_error``
+        with ``reason``, the peer is down before this returns, and it redials as after any
+        protocol error. False (and nothing happens) if it is not connected."""
+        peer = self.peers.get(peer_id)
+        conn = peer.conn if peer is not None else None
+        if conn is None or self.stopping:
+            return False
+        conn.fail(ProtocolError(reason))
+        return True
+
     def monitor(self, target: MailboxID, watcher: Mailbox) -> None:
         """``watcher`` (a local mailbox) watches ``target`` on a peer (loop thread)."""
         peer = self.peers.get(target.node)

@@ -1,8 +1,11 @@
 """The global name registry of one node (``node.names``): the asyncio half of the registry.
 
-What the registry *decides* lives in :mod:`reign._registry_state` (pure, tested exhaustively);
-this module feeds it local events and what peers replicate, and carries out its effects:
-``MultipleClaim(name)`` to local claimants, replicated changes to every up peer.
+What the registry *decides* lives in the sans-IO core: :mod:`reign._core.registry` (the state,
+pure, tested exhaustively) and :mod:`reign._core.registry_wire` (the frames peers exchange, how
+they are checked and applied, and the receiver's limits). This module feeds them local events
+and each peer's CONTROL payloads, and carries out what they return: ``MultipleClaim(name)`` to
+local claimants, our changes and snapshot to every up peer, sync answers; it owns the clock
+(the snapshot deadline, the notice throttle's timer) and the logs.
 
 Invariants
 ----------
@@ -12,34 +15,30 @@ Invariants
   closed in between claims nothing). Queries read the state from any thread.
 * A claim is held only while its mailbox is open: the node's closed-mailbox hook drops every
   claim of a closing mailbox, on the loop, before the close returns there.
-* ``_up`` is the set of peers that have been sent our snapshot on their current connection.
-  Every local change is sent, as it happens, to exactly those peers, after the snapshot; so
-  each peer sees the snapshot, then every later change, in order (one connection per peer,
-  frames in order). A peer joins ``_up`` in the cluster's peer-up hook and leaves it in the
-  peer-down hook, where the state forgets its claims (``node_lost``).
-* Every CONTROL payload we send fits the peer's frame limit: names are at most
-  :data:`MAX_NAME_BYTES` UTF-8 bytes, and lists of claims are cut by an upper bound of their
-  encoded size (:data:`CHUNK_BYTES`, :data:`CHUNK_CLAIMS`, the spec's ``max_message_bytes``).
+* ``_peers`` holds one :class:`~reign._core.registry_wire.PeerRegistry` per up peer, made in the
+  cluster's peer-up hook, where the peer is sent our whole snapshot; every later local change is
+  sent, as it happens, to exactly those peers, after the snapshot; so each peer sees the
+  snapshot, then every later change, in order (one connection per peer, frames in order). It
+  leaves in the peer-down hook, where the state forgets the peer's claims (``node_lost``).
+* A peer's snapshot must end within ``registry_snapshot_timeout`` of its connection coming up:
+  otherwise its claims are dropped at once (their memory released) and its connection is
+  closed as a protocol error (``peer.protocol_error`` with the reason, and
+  ``names.snapshot.timeout``).
+* ``MultipleClaim`` notices caused by a peer's frames go through one
+  :class:`~reign._core.registry_wire.NoticeThrottle`: at most one per claimant and name per
+  ``registry_notice_interval``, the rest coalesced into one notice at the interval's end if the
+  conflict still stands. Notices caused by this node's own registrations are sent at once.
+* Every CONTROL payload we send fits the peer's frame limits: names are at most
+  :data:`MAX_NAME_BYTES` UTF-8 bytes, and lists of claims are cut at ``registry_frame_claims``
+  records and by an upper bound of their encoded size (``CHUNK_BYTES``, ``max_message_bytes``).
 
-Registry protocol, version 1 (CONTROL frame payloads, CBOR lists; first item is the kind)
-----------------------------------------------------------------------------------------
-A node only ever sends its *own* claims, so a claimant travels as its serial alone: the owner
-is the sending node, at the incarnation its HELLO announced on this connection.
-
-=====================================  ==========================================================
-``["reg.begin"]``                       a snapshot of all the sender's claims follows
-``["reg.chunk", [name, serial, ...]]``  part of it, flat pairs
-``["reg.end"]``                         the snapshot is complete: it replaces what was known
-``["reg.changes", [op, name, serial,   claims added (op ``"+"``) or removed (``"-"``) since,
-...]]``                                 in order
-``["reg.sync", seq]``                   answer when everything before this frame is applied
-``["reg.synced", seq]``                 that answer
-=====================================  ==========================================================
-
-Anything else (an unknown kind, a wrong shape, a change in the middle of a snapshot) is a
-:class:`~reign.ProtocolError`, which closes that connection; the peer redials and resends its
-snapshot. Log events (logger ``reign.names``): ``names.snapshot.sent``,
-``names.snapshot.merged``, ``names.multiple_claim``, ``names.sync.timeout``.
+A frame a peer should not have sent (see the limits in :mod:`reign._core.registry_wire`) is a
+:class:`~reign.ProtocolError`, which closes that connection (logged as ``peer.protocol_error``
+with the reason); the peer redials and resends its snapshot. Log events (logger
+``reign.names``): ``names.snapshot.sent``, ``names.snapshot.merged``,
+``names.snapshot.timeout`` (warning), ``names.multiple_claim`` (with how many notices were
+coalesced since the last one), ``names.register.refused`` (warning: a registration from another
+thread that raced past ``registry_peer_claims``), ``names.sync.timeout`` (warning).
 """
 
 from __future__ import annotations
@@ -49,10 +48,22 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .._config.spec import ClusterSpec
 from .._core.address import Address
-from .._core.ids import MailboxID, mailbox_id_from_parts
+from .._core.ids import MailboxID
 from .._core.messages import MultipleClaim
-from .._core.registry import Effects, RegistryState
+from .._core.registry import MAX_NAME_BYTES, Effects, RegistryState, check_name
+from .._core.registry_wire import (
+    CHANGES,
+    CHUNK,
+    END,
+    NoticeThrottle,
+    PeerRegistry,
+    RegistryLimits,
+    change_payloads,
+    snapshot_payloads,
+    sync_payload,
+)
 from .._errors import CantGloballyRegisterError, ProtocolError
 from .log import get_logger
 from .loop import LoopBinding
@@ -60,63 +71,41 @@ from .loop import LoopBinding
 if TYPE_CHECKING:
     from .mailbox import Mailbox
 
-__all__ = ["Names", "MAX_NAME_BYTES", "SYNC_TIMEOUT", "CHUNK_CLAIMS", "CHUNK_BYTES"]
+__all__ = ["Names", "MAX_NAME_BYTES", "SYNC_TIMEOUT", "registry_limits"]
 
 _log = get_logger("reign.names")
 
-#: Longest name, in UTF-8 bytes. Erlang's registered names are atoms of at most 255
-#: characters; 512 bytes allows as much for mostly-ASCII text while one claim (name, serial and
-#: framing, under 560 bytes) always fits the smallest ``max_message_bytes`` a spec allows (1 KiB).
-MAX_NAME_BYTES = 512
 #: Default seconds ``sync()`` waits for every peer's answer. A peer answers as soon as it has
 #: read what was sent before; Erlang's ``global:sync/0`` waits forever, a hung peer should
 #: not hang the caller forever, and 30 s is well past any net_ticktime-sized hiccup in tests.
 SYNC_TIMEOUT = 30.0
-#: Most claims in one CONTROL frame: 5,000 claims of short names are ~100 KiB, so a 100k-name
-#: snapshot is 20 frames and no frame holds the loop (encode or decode) for more than ~5 ms.
-CHUNK_CLAIMS = 5000
-#: Upper bound of one frame's encoded claims, in bytes (further capped by the spec's
-#: ``max_message_bytes``): large enough to amortise framing, small enough to interleave.
-CHUNK_BYTES = 256 * 1024
-#: Bytes of a claim's encoding besides its name's UTF-8 bytes, at most: a text-string header
-#: (<= 9), a serial (<= 9), an op (2).
-_CLAIM_OVERHEAD = 20
-#: Bytes reserved for the envelope around a list of claims (kind and array headers).
-_ENVELOPE_BYTES = 64
 #: How often a query from a foreign thread retries when the loop mutated the set it was reading.
 _QUERY_RETRIES = 100
-
-_ADD = "+"
-_REMOVE = "-"
 
 _T = TypeVar("_T")
 
 
-def _utf8_size(name: str) -> int:
-    return len(name) if name.isascii() else len(name.encode("utf-8", "surrogatepass"))
-
-
 def _checked_name(name: object) -> str:
     """``name`` as a plain str, or CantGloballyRegisterError saying why it cannot be one."""
-    if not isinstance(name, str):
-        raise CantGloballyRegisterError(f"a global name is a str, not {type(name).__name__}")
-    name = str.__str__(name)  # a str subclass (a StrEnum member, ...) travels as its text
-    if not name:
-        raise CantGloballyRegisterError("a global name cannot be empty")
-    if not name.isascii():
-        try:
-            size = len(name.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise CantGloballyRegisterError(
-                f"a global name must be encodable as UTF-8 (no lone surrogates): {name[:80]!r}"
-            ) from None
-    else:
-        size = len(name)
-    if size > MAX_NAME_BYTES:
-        raise CantGloballyRegisterError(
-            f"a global name is at most {MAX_NAME_BYTES} UTF-8 bytes, this one is {size}"
-        )
-    return name
+    if isinstance(name, str):
+        name = str.__str__(name)  # a str subclass (a StrEnum member, ...) travels as its text
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        raise CantGloballyRegisterError(f"not a valid global name: {exc}") from None
+
+
+def registry_limits(spec: ClusterSpec | None) -> RegistryLimits:
+    """The registry's limits as ``spec`` sets them (the defaults without a spec)."""
+    if spec is None:
+        return RegistryLimits()
+    return RegistryLimits(
+        frame_claims=spec.registry_frame_claims,
+        peer_claims=spec.registry_peer_claims,
+        snapshot_timeout=spec.registry_snapshot_timeout,
+        notice_interval=spec.registry_notice_interval,
+        max_frame_bytes=spec.max_message_bytes,
+    )
 
 
 class NamesHost(Protocol):
@@ -136,9 +125,10 @@ class NamesHost(Protocol):
 class ControlChannel(Protocol):
     """What the registry needs from the node's connector (``reign._runtime.cluster.Cluster``)."""
 
-    max_message_bytes: int
-
+    @property
+    def spec(self) -> ClusterSpec: ...
     def send_control(self, peer_id: int, payload: Any) -> bool: ...
+    def disconnect(self, peer_id: int, reason: str) -> bool: ...
     def add_listener(self, listener: Any) -> None: ...
 
 
@@ -148,29 +138,26 @@ class Names:
     A name may have several claimants (mailboxes, on any nodes). When a name gains a claimant,
     every claimant of it, the newest included, receives :class:`reign.MultipleClaim` once,
     whether the conflict comes from a register here, a register elsewhere, or nodes
-    (re)connecting. A claim disappears when its mailbox closes, when it is unregistered and
-    when its node is lost. ``register`` and ``unregister`` are safe from any thread; the
-    queries too; ``sync`` is awaited on the node's loop.
+    (re)connecting; a claimant hears of conflicts that peers cause at most once per name per
+    ``registry_notice_interval`` (1 s by default; later ones are coalesced into one notice).
+    A claim disappears when its mailbox closes, when it is unregistered and when its node is
+    lost. ``register`` and ``unregister`` are safe from any thread; the queries too; ``sync``
+    is awaited on the node's loop.
     """
 
     def __init__(self, node: NamesHost, cluster: ControlChannel | None) -> None:
         self._node = node
         self._state = RegistryState(node.id)
         self._cluster = cluster
-        self._up: set[int] = set()
+        self._limits = registry_limits(None if cluster is None else cluster.spec)
+        self._peers: dict[int, PeerRegistry] = {}
+        self._deadlines: dict[int, asyncio.TimerHandle] = {}
+        self._throttle = NoticeThrottle(self._limits.notice_interval)
+        self._flush: asyncio.TimerHandle | None = None
         self._sync_seq = itertools.count(1)
         self._syncs: dict[int, tuple[asyncio.Future[None], set[int]]] = {}
         self._name_waiters: dict[str, list[asyncio.Future[None]]] = {}  # wait_for
-        self._received: dict[int, int] = {}  # peer -> claims of its snapshot so far (for logs)
         self._log = _log.bind(node=node.id)
-        self._handlers: dict[str, Callable[[int, list[Any]], None]] = {
-            "reg.begin": self._on_begin,
-            "reg.chunk": self._on_chunk,
-            "reg.end": self._on_end,
-            "reg.changes": self._on_changes,
-            "reg.sync": self._on_sync,
-            "reg.synced": self._on_synced,
-        }
         node.add_close_listener(self._mailbox_closed)
         if cluster is not None:
             cluster.add_listener(self)
@@ -187,8 +174,11 @@ class Names:
         The claim replicates to every connected node (and to nodes that connect later). From
         another thread the claim is made when the loop next runs; if the mailbox closes first,
         nothing is claimed. Raises :class:`reign.CantGloballyRegisterError` if ``addr`` is not
-        an Address of an open mailbox created by this node, or ``name`` is not a non-empty str
-        of at most :data:`MAX_NAME_BYTES` UTF-8 bytes.
+        an Address of an open mailbox created by this node, if ``name`` is not a non-empty str
+        of at most :data:`MAX_NAME_BYTES` UTF-8 bytes, or if this clustered node's claims
+        already cost ``registry_peer_claims`` claim units (its peers would refuse more, see
+        :func:`reign._core.registry.claim_units`; a claim made from another thread that races
+        past the bound is dropped on the loop and logged as ``names.register.refused``).
         """
         name = _checked_name(name)
         if type(addr) is not Address:
@@ -199,6 +189,8 @@ class Names:
                 f"{addr} is not an open mailbox of node {node.id} (incarnation {node.incarnation}); "
                 "only a live local mailbox can claim a global name"
             )
+        if not self._room_for(name, addr.id):
+            raise CantGloballyRegisterError(self._no_room(name))
         self._node.binding.call(self._register, name, addr.id)
 
     def unregister(self, name: str, addr: Address) -> None:
@@ -258,10 +250,10 @@ class Names:
         """
         self._node.binding.require_loop_thread("names.sync()")
         cluster = self._cluster
-        if cluster is None or not self._up:
+        if cluster is None or not self._peers:
             return
         seq = next(self._sync_seq)
-        waiting = {peer for peer in self._up if cluster.send_control(peer, ["reg.sync", seq])}
+        waiting = {peer for peer in self._peers if cluster.send_control(peer, sync_payload(seq))}
         if not waiting:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -285,10 +277,14 @@ class Names:
 
     def _register(self, name: str, mbox_id: MailboxID) -> None:
         """Loop thread: claim, unless the mailbox closed since ``register`` checked it."""
-        if self._is_live(mbox_id):
-            self._apply(self._state.register_local(name, mbox_id))
-            if self._name_waiters:
-                self._wake_waiters()
+        if not self._is_live(mbox_id):
+            return
+        if not self._room_for(name, mbox_id):
+            self._log.warning("names.register.refused", name=name[:80], reason=self._no_room(name))
+            return
+        self._apply(self._state.register_local(name, mbox_id))
+        if self._name_waiters:
+            self._wake_waiters()
 
     async def wait_for(self, name: str, *, timeout: float | None = None) -> Address:
         """The claimant of ``name`` (as :meth:`lookup` gives it), once the name is visible here.
@@ -325,6 +321,17 @@ class Names:
                     if not future.done():
                         future.set_result(None)
 
+    def _room_for(self, name: str, mbox_id: MailboxID) -> bool:
+        """Whether our peers accept one more claim from us (always, without a cluster)."""
+        return self._cluster is None or self._state.local_fits(name, mbox_id, self._limits.peer_claims)
+
+    def _no_room(self, name: str) -> str:
+        return (
+            f"cannot claim {name[:80]!r}: this node's claims already cost "
+            f"{self._state.units_of(self._node.id)} claim units, and its peers accept at most "
+            f"{self._limits.peer_claims} (registry_peer_claims)"
+        )
+
     def _unregister(self, name: str, mbox_id: MailboxID) -> None:
         self._apply(self._state.unregister_local(name, mbox_id))
 
@@ -335,78 +342,91 @@ class Names:
             self._apply(self._state.mailbox_closed(mbox_id))
 
     def _apply(self, effects: Effects) -> None:
-        """Carry out what the state decided: notify local claimants, replicate our changes."""
+        """Carry out what the state decided on a local change: notify, replicate."""
         if effects.notify:
-            self._notify(effects.notify)
-        if effects.broadcast and self._up:
-            flat: list[Any] = []
-            for change in effects.broadcast:
-                flat += (_ADD if change.kind == "add" else _REMOVE, change.name, change.claimant.serial)
-            for payload in self._framed("reg.changes", flat, 3):
-                self._send_to_up(payload)
+            self._deliver(effects.notify, 0)
+        if effects.broadcast and self._peers:
+            cluster = self._cluster
+            assert cluster is not None
+            for payload in change_payloads(effects.broadcast, self._limits):
+                for peer in list(self._peers):
+                    cluster.send_control(peer, payload)
 
-    def _notify(self, notify: tuple[tuple[MailboxID, str], ...]) -> None:
+    def _deliver(self, notify: Iterable[tuple[MailboxID, str]], coalesced: int) -> None:
         local_mailbox = self._node.local_mailbox
+        names: set[str] = set()
+        count = 0
         for mbox_id, name in notify:
             mbox = local_mailbox(mbox_id)
             if mbox is not None:
                 mbox.deliver(MultipleClaim(name))
-        names = sorted({name for _, name in notify})
-        self._log.info(
-            "names.multiple_claim", names=names[:10], name_count=len(names), notified=len(notify)
-        )
-
-    def _send_to_up(self, payload: list[Any]) -> None:
-        cluster = self._cluster
-        assert cluster is not None
-        for peer in list(self._up):
-            cluster.send_control(peer, payload)
-
-    def _framed(self, kind: str, flat: list[Any], stride: int) -> Iterable[list[Any]]:
-        """Cut ``flat`` (records of ``stride`` items, the name second to last) into payloads
-        ``[kind, part]`` that each fit one CONTROL frame."""
-        cluster = self._cluster
-        budget = CHUNK_BYTES
-        if cluster is not None:
-            budget = min(budget, cluster.max_message_bytes)
-        budget -= _ENVELOPE_BYTES
-        start = 0
-        size = 0
-        count = 0
-        for end in range(0, len(flat), stride):
-            claim_size = _utf8_size(flat[end + stride - 2]) + _CLAIM_OVERHEAD
-            if count and (size + claim_size > budget or count >= CHUNK_CLAIMS):
-                yield [kind, flat[start:end]]
-                start, size, count = end, 0, 0
-            size += claim_size
+            names.add(name)
             count += 1
         if count:
-            yield [kind, flat[start:]]
+            shown = sorted(names)
+            self._log.info(
+                "names.multiple_claim", names=shown[:10], name_count=len(shown), notified=count,
+                coalesced=coalesced,
+            )
+
+    def _peer_notices(self, notify: tuple[tuple[MailboxID, str], ...]) -> None:
+        """Notices a peer's frame caused: through the throttle (now, or at the interval's end)."""
+        loop = asyncio.get_running_loop()
+        throttle = self._throttle
+        now_pairs = throttle.offer(notify, loop.time())
+        if now_pairs:
+            self._deliver(now_pairs, self._take_coalesced())
+        self._schedule_flush(loop)
+
+    def _take_coalesced(self) -> int:
+        coalesced, self._throttle.coalesced = self._throttle.coalesced, 0
+        return coalesced
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = self._throttle.next_due()
+        if due is None or self._flush is not None:
+            return
+        self._flush = loop.call_at(due, self._flush_notices)
+
+    def _flush_notices(self) -> None:
+        """Timer (loop): deliver the deferred notices whose interval ended, if still in conflict."""
+        self._flush = None
+        loop = asyncio.get_running_loop()
+        in_conflict = self._state.in_conflict
+        pairs = [(m, name) for m, name in self._throttle.due(loop.time()) if in_conflict(name, m)]
+        self._deliver(pairs, self._take_coalesced())
+        self._schedule_flush(loop)
 
     # ------------------------------------------------------------------------- peers
 
     def peer_up(self, peer: int, incarnation: int) -> None:
-        """Cluster listener (loop): record the peer's incarnation, send it our whole snapshot."""
+        """Cluster listener (loop): a new end for the peer's frames; send it our whole snapshot.
+
+        The peer's own snapshot must end within ``registry_snapshot_timeout`` from now.
+        """
         cluster = self._cluster
         assert cluster is not None
-        self._apply(self._state.node_incarnation(peer, incarnation))
-        flat: list[Any] = []
-        for name, mbox_id in self._state.local_snapshot():
-            flat += (name, mbox_id.serial)
-        cluster.send_control(peer, ["reg.begin"])
-        chunks = 0
-        for payload in self._framed("reg.chunk", flat, 2):
+        old = self._peers.pop(peer, None)
+        if old is not None:  # pragma: no cover - the cluster reports the old connection down first
+            old.close()
+        self._peers[peer] = receiver = PeerRegistry(self._state, peer, incarnation, self._limits)
+        payloads = snapshot_payloads(self._state.local_snapshot(), self._limits)
+        for payload in payloads:
             cluster.send_control(peer, payload)
-            chunks += 1
-        cluster.send_control(peer, ["reg.end"])
-        self._up.add(peer)
-        self._log.debug("names.snapshot.sent", peer=peer, claims=len(flat) // 2, chunks=chunks)
+        self._cancel_deadline(peer)
+        self._deadlines[peer] = asyncio.get_running_loop().call_later(
+            self._limits.snapshot_timeout, self._snapshot_overdue, peer, receiver
+        )
+        self._log.debug("names.snapshot.sent", peer=peer, chunks=len(payloads) - 2)
 
     def peer_down(self, peer: int) -> None:
         """Cluster listener (loop): forget the peer's claims; it no longer holds up a sync."""
-        self._up.discard(peer)
-        self._received.pop(peer, None)
-        self._apply(self._state.node_lost(peer))
+        receiver = self._peers.pop(peer, None)
+        if receiver is not None:
+            receiver.close()
+        else:
+            self._state.node_lost(peer)
+        self._cancel_deadline(peer)
         for future, waiting in list(self._syncs.values()):
             waiting.discard(peer)
             if not waiting and not future.done():
@@ -415,92 +435,63 @@ class Names:
     def control(self, peer: int, payload: Any) -> None:
         """Cluster listener (loop): one registry frame from ``peer``.
 
-        Raises :class:`reign.ProtocolError` for anything a correct peer never sends.
+        Raises :class:`reign.ProtocolError` for anything a correct peer never sends and for a
+        frame over a limit (see :mod:`reign._core.registry_wire`); nothing of it is applied.
         """
-        if type(payload) is not list or not payload or type(payload[0]) is not str:
-            raise ProtocolError(f"registry frame from node {peer} is not a [kind, ...] list")
-        handler = self._handlers.get(payload[0])
-        if handler is None:
-            raise ProtocolError(f"unknown registry frame {payload[0]!r:.40} from node {peer}")
-        try:
-            handler(peer, payload)
-        except ValueError as exc:  # the state refused the data: the peer broke the protocol
-            raise ProtocolError(f"registry frame {payload[0]} from node {peer}: {exc}") from None
-        finally:
-            if self._name_waiters:
-                self._wake_waiters()
-
-    def _claimants(self, peer: int) -> Callable[[Any], MailboxID]:
-        """A function serial -> MailboxID of ``peer``'s current run, validating the serial.
-
-        It hands out one object per serial (a frame's claims mostly share few mailboxes), which
-        halves the time a 100k-claim snapshot spends allocating and collecting garbage.
-        """
-        incarnation = self._state.incarnation_of(peer)
-        if incarnation is None:  # pragma: no cover - the up hook runs before any frame
+        receiver = self._peers.get(peer)
+        if receiver is None:
             raise ProtocolError(f"registry frame from node {peer} before it came up")
-        cache: dict[int, MailboxID] = {}
-
-        def claimant(serial: Any) -> MailboxID:
-            if type(serial) is int:  # (a float key would find an int's entry)
-                mbox_id = cache.get(serial)
-                if mbox_id is not None:
-                    return mbox_id
-            mbox_id = cache[serial] = mailbox_id_from_parts(peer, incarnation, serial)
-            return mbox_id
-
-        return claimant
-
-    def _on_begin(self, peer: int, payload: list[Any]) -> None:
-        _expect_len(payload, 1, peer)
-        self._state.begin_snapshot(peer)
-        self._received[peer] = 0
-
-    def _on_chunk(self, peer: int, payload: list[Any]) -> None:
-        flat = _flat_records(payload, 2, peer)
-        claimant = self._claimants(peer)
-        self._state.snapshot_chunk(peer, [(flat[i], claimant(flat[i + 1])) for i in range(0, len(flat), 2)])
-        self._received[peer] = self._received.get(peer, 0) + len(flat) // 2
-
-    def _on_end(self, peer: int, payload: list[Any]) -> None:
-        _expect_len(payload, 1, peer)
-        self._apply(self._state.end_snapshot(peer))
-        self._log.debug("names.snapshot.merged", peer=peer, claims=self._received.pop(peer, 0))
-
-    def _on_changes(self, peer: int, payload: list[Any]) -> None:
-        flat = _flat_records(payload, 3, peer)
-        state = self._state
-        claimant = self._claimants(peer)
-        notify: list[tuple[MailboxID, str]] = []
         try:
-            for i in range(0, len(flat), 3):
-                op, name, mbox_id = flat[i], flat[i + 1], claimant(flat[i + 2])
-                if op == _ADD:
-                    notify += state.remote_add(name, mbox_id).notify
-                elif op == _REMOVE:
-                    state.remote_remove(name, mbox_id)
-                else:
-                    raise ProtocolError(f"unknown registry change {op!r:.20} from node {peer}")
-        finally:  # changes applied before a bad one still notify (the state remembers them)
-            if notify:
-                self._notify(tuple(notify))
+            got = receiver.receive(payload)
+        except ValueError as exc:  # pragma: no cover - registry_wire checks what the state checks
+            raise ProtocolError(f"registry frame from node {peer}: {exc}") from None
+        if self._name_waiters and got.kind in (CHANGES, CHUNK):
+            self._wake_waiters()
+        if got.effects.notify:
+            self._peer_notices(got.effects.notify)
+        if got.answer is not None:
+            cluster = self._cluster
+            assert cluster is not None
+            cluster.send_control(peer, got.answer)
+        elif got.synced is not None:
+            self._synced(peer, got.synced)
+        elif got.kind == END:
+            self._cancel_deadline(peer)
+            self._log.debug("names.snapshot.merged", peer=peer, claims=got.claims)
 
-    def _on_sync(self, peer: int, payload: list[Any]) -> None:
-        _expect_len(payload, 2, peer)
-        seq = _seq(payload[1], peer)
-        cluster = self._cluster
-        assert cluster is not None
-        cluster.send_control(peer, ["reg.synced", seq])
-
-    def _on_synced(self, peer: int, payload: list[Any]) -> None:
-        _expect_len(payload, 2, peer)
-        entry = self._syncs.get(_seq(payload[1], peer))
+    def _synced(self, peer: int, seq: int) -> None:
+        entry = self._syncs.get(seq)
         if entry is None:
             return  # that sync already timed out
         future, waiting = entry
         waiting.discard(peer)
         if not waiting and not future.done():
             future.set_result(None)
+
+    def _cancel_deadline(self, peer: int) -> None:
+        handle = self._deadlines.pop(peer, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _snapshot_overdue(self, peer: int, receiver: PeerRegistry) -> None:
+        """Timer (loop): the peer's snapshot did not end in time: drop its claims, disconnect."""
+        self._deadlines.pop(peer, None)
+        if self._peers.get(peer) is not receiver or receiver.phase == "live":
+            return  # pragma: no cover - cancelled too late
+        del self._peers[peer]
+        phase, claims = receiver.phase, receiver.snapshot_claims
+        receiver.close()  # the claims go now, whatever the connection does next
+        timeout = self._limits.snapshot_timeout
+        cluster = self._cluster
+        assert cluster is not None
+        reason = (
+            f"registry snapshot not complete {timeout:g} s after the connection came up "
+            f"({claims} claims received; registry_snapshot_timeout)"
+        )
+        if cluster.disconnect(peer, reason):  # (not when the node is stopping)
+            self._log.warning(
+                "names.snapshot.timeout", peer=peer, timeout=timeout, phase=phase, claims=claims
+            )
 
     # ------------------------------------------------------------------------- queries
 
@@ -515,23 +506,3 @@ class Names:
                 continue
         return fn(name)
 
-
-
-
-def _expect_len(payload: list[Any], length: int, peer: int) -> None:
-    if len(payload) != length:
-        raise ProtocolError(f"registry frame {payload[0]} from node {peer} has {len(payload)} items")
-
-
-def _flat_records(payload: list[Any], stride: int, peer: int) -> list[Any]:
-    _expect_len(payload, 2, peer)
-    flat = payload[1]
-    if type(flat) is not list or len(flat) % stride:
-        raise ProtocolError(f"registry frame {payload[0]} from node {peer}: malformed claim list")
-    return flat
-
-
-def _seq(value: Any, peer: int) -> int:
-    if type(value) is not int or value < 0:
-        raise ProtocolError(f"registry sync from node {peer} with a bad sequence number")
-    return value
