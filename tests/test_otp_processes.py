@@ -164,6 +164,7 @@ async def test_a_local_supervisor_restarts_a_child_that_died_of_a_lost_link(clus
                 self.mailbox.link(target)
             events.append(("start", target))
 
+    await n1.names.wait_for("inbox.2", timeout=GUARD)  # node 2's claim has reached node 1
     sup = await reign.Supervisor.start(n1, [reign.ChildSpec("linked", LinkedToRemote)], intensity=10)
     (_, first), = await reign.Supervisor.which_children(sup)
     assert events == [("start", remote)]
