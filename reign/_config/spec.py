@@ -19,6 +19,9 @@ parser. Invariants of every :class:`ClusterSpec` object, however it was built:
   ``max_message_bytes``  16 MiB      an integer, 1024 to 256 MiB
   ``pending_messages``   10000       an integer >= 0 (0: nothing is buffered)
   ``pending_bytes``      16 MiB      an integer >= 0
+  ``outbound_bytes``     32 MiB      an integer >= ``max_message_bytes`` + 21 (one frame)
+  ``handshakes``         256         an integer >= 1 (connections not yet authenticated)
+  ``handshakes_per_ip``  64          an integer >= 1 (of those, from one source address)
   =====================  ==========  ===================================================
 
 Strictness is a feature: unknown fields (top level or per node), wrong JSON types (a bool is not
@@ -44,13 +47,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._core.frames import MESSAGE_OVERHEAD as _MESSAGE_OVERHEAD
 from .._core.ids import MAX_NODE_ID
 from .._errors import ClusterSpecError, HandshakeError
 from . import certs as _certs
 
 __all__ = [
+    "DEFAULT_HANDSHAKES",
+    "DEFAULT_HANDSHAKES_PER_IP",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_NET_TICKTIME",
+    "DEFAULT_OUTBOUND_BYTES",
     "DEFAULT_PENDING_BYTES",
     "DEFAULT_PENDING_MESSAGES",
     "MAX_MAX_MESSAGE_BYTES",
@@ -82,6 +89,19 @@ MAX_MAX_MESSAGE_BYTES = 256 * _MIB
 DEFAULT_PENDING_MESSAGES = 10_000
 #: Encoded bytes buffered per disconnected peer by default.
 DEFAULT_PENDING_BYTES = 16 * _MIB
+#: Bytes that may wait for a connected peer (unwritten frames plus the transport's buffer)
+#: before ``send`` is refused: twice the pending buffer, so a peer that comes back finds its
+#: whole pending buffer flushed with room to spare, and two maximum-size messages fit. The
+#: node's own frames (DOWN, registry replies) get as much again as headroom (connection.py).
+DEFAULT_OUTBOUND_BYTES = 32 * _MIB
+#: Connections not yet authenticated (accept to HELLO) held at once. A real handshake takes
+#: milliseconds, and a stalled one ~55 KiB (issue 13): 256 cost at most ~14 MiB and a quarter of
+#: the common 1024-descriptor limit, and as many as a 256-node mesh's lower ids dialling at once.
+DEFAULT_HANDSHAKES = 256
+#: Of those, held at once from one source address: a quarter, so at least four sources share
+#: the bound before a flood from one address crowds the others (all nodes of a one-host
+#: cluster share 127.0.0.1; their dials are retried when cut off, see admission.py).
+DEFAULT_HANDSHAKES_PER_IP = 64
 
 _NODE_FIELDS = frozenset({"id", "address", "listen_address", "local_address"})
 _CREDENTIALS = (
@@ -92,6 +112,7 @@ _CREDENTIALS = (
 )
 _TOP_FIELDS = frozenset(
     {"nodes", "net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes"}
+    | {"outbound_bytes", "handshakes", "handshakes_per_ip"}
     | {name for triple in _CREDENTIALS for name in triple[:2]}
 )
 _PERCENT_RE = re.compile(r"%(.?)", re.DOTALL)
@@ -306,6 +327,9 @@ class ClusterSpec:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     pending_messages: int = DEFAULT_PENDING_MESSAGES
     pending_bytes: int = DEFAULT_PENDING_BYTES
+    outbound_bytes: int = DEFAULT_OUTBOUND_BYTES
+    handshakes: int = DEFAULT_HANDSHAKES
+    handshakes_per_ip: int = DEFAULT_HANDSHAKES_PER_IP
     base_dir: Path | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -351,6 +375,13 @@ class ClusterSpec:
         )
         _check_int("pending_messages", self.pending_messages, 0)
         _check_int("pending_bytes", self.pending_bytes, 0)
+        _check_int("outbound_bytes", self.outbound_bytes, 0)
+        if self.outbound_bytes < self.max_message_bytes + _MESSAGE_OVERHEAD:
+            raise _fail("outbound_bytes", f"must be at least max_message_bytes + {_MESSAGE_OVERHEAD} "
+                        f"= {self.max_message_bytes + _MESSAGE_OVERHEAD} (the largest message "
+                        f"frame), got {self.outbound_bytes}")
+        _check_int("handshakes", self.handshakes, 1)
+        _check_int("handshakes_per_ip", self.handshakes_per_ip, 1)
         if self.base_dir is not None:
             object.__setattr__(self, "base_dir", Path(self.base_dir))
 
@@ -383,7 +414,8 @@ class ClusterSpec:
                 kwargs[path_field] = _check_path_template(path_field, data[path_field])
             if data.get(pem_field) is not None:
                 kwargs[pem_field] = _check_str(pem_field, data[pem_field])
-        for name in ("net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes"):
+        for name in ("net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes",
+                     "outbound_bytes", "handshakes", "handshakes_per_ip"):
             if name in data:
                 kwargs[name] = data[name]  # range-checked by __post_init__, named the same
         return cls(nodes=nodes, base_dir=None if base_dir is None else Path(base_dir), **kwargs)
@@ -429,6 +461,9 @@ class ClusterSpec:
                 "max_message_bytes",
                 "pending_messages",
                 "pending_bytes",
+                "outbound_bytes",
+                "handshakes",
+                "handshakes_per_ip",
             ):
                 value = getattr(self, spec_field.name)
                 if value != spec_field.default:
