@@ -13,6 +13,20 @@ Invariants:
   close this one connection and are logged once with the peer and the reason; a bug in the
   node's handling closes the connection too, logged as ``peer.internal_error``.
 * ``abort()`` and ``close_gracefully()`` report the end to the owner before they return.
+* The outbound buffer is bounded (the owner's ``outbound_bytes``, a spec field): what waits for
+  the peer is the unwritten frames (``out_bytes``, counted as they are queued) plus the
+  transport's buffer, estimated as "grew by what each flush wrote" and read from the transport
+  only when a frame does not seem to fit, so the estimate is never below the truth and the hot
+  path makes no call for it. A MESSAGE that would take it past
+  ``outbound_bytes`` is refused (``write_message`` returns False; the caller counts and logs
+  the drop). Frames the node makes by itself (DOWN, MONITOR, CONTROL, ticks) are never dropped
+  alone, because the peer's view would then be wrong for good: they may use a second
+  ``outbound_bytes`` of headroom, and one that does not fit even there closes the connection
+  (``peer.outbound.overflow``), which tells the peer the truth (everything it watches on this
+  node is down; the reconnection resends watches and the registry). Nothing written after
+  that reaches the peer, so it sees a prefix of what was sent, never a stream with a hole.
+* Before our ACCEPT goes out the owner's ``check_hello`` sees the peer's node id and
+  incarnation and may refuse it (a duplicate node id); the peer never becomes "established".
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._config.certs import node_id_from_certificate
-from .._core.frames import MESSAGE_HEADER, FrameType
+from .._core.frames import MESSAGE_HEADER, MESSAGE_OVERHEAD, FrameType
 from .._core.ids import MailboxID
 from .._core.inbound import Inbound
 from .._core.protocol import Established, PeerProtocol
@@ -37,9 +51,16 @@ HELLO_TIMEOUT = 10.0
 #: Outbound high-water mark per connection: past it the peer is "busy" (``wait_drained``).
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 WRITE_LOW_WATER = 1024 * 1024
+#: Largest single ``transport.write`` of a flush. The TLS transport reports only what it holds
+#: itself, not what it passed on to the socket transport below it (which takes one write whole
+#: before it pushes back), so what one write hands over is invisible to the outbound bound;
+#: writing in chunks keeps that to about one chunk. 1 MiB is ~1,000 small frames per write,
+#: where coalescing already gives its ~10x (FACTS.md).
+WRITE_CHUNK = 1024 * 1024
 
 _pack_message_header = MESSAGE_HEADER.pack
 _MESSAGE = int(FrameType.MESSAGE)
+_MESSAGE_OVERHEAD = MESSAGE_OVERHEAD
 
 
 class ConnectionOwner(Protocol):
@@ -49,9 +70,15 @@ class ConnectionOwner(Protocol):
     incarnation: int
     cluster_id: bytes
     max_frame_bytes: int
+    outbound_bytes: int
     inbound: Inbound
     read_view: memoryview
     log: Any
+    limited_log: Any  # a RateLimitedLog (.log): for what unauthenticated sources can cause
+
+    def check_hello(self, conn: Connection, node: int, incarnation: int) -> None:
+        """The peer's HELLO is valid; raise HandshakeError to refuse it before our ACCEPT."""
+        ...
 
     def connection_made(self, conn: Connection) -> None: ...
     def check_peer(self, proven: int, inbound: bool) -> None: ...
@@ -75,7 +102,20 @@ class Connection(asyncio.BufferedProtocol):
         self.peer: Peer | None = None
         self.view = owner.read_view
         self.out: list[bytes] = []
+        self.out_bytes = 0  # bytes in self.out
         self.unwritten_messages = 0
+        # Outbound bound (module docstring): a MESSAGE fits while out_bytes stays <= room, a
+        # frame the node makes by itself while it stays <= hard_room; both are recomputed from
+        # the transport's buffer at each flush.
+        self.outbound_limit = owner.outbound_bytes
+        self.room = self.outbound_limit
+        self.hard_room = 2 * self.outbound_limit
+        self.overflowed = False
+        self.written_total = 0  # bytes handed to the transport, ever (for stall detection)
+        self.drained_mark = 0  # written_total - transport buffer at the last stall check
+        self.stalled_since: float | None = None
+        self.hello_checked = False
+        self.preauth: object | None = None  # the admission token while not yet established
         self.flush_scheduled = False
         self.last_write = self.loop.time()
         self.last_read = self.loop.time()
@@ -137,6 +177,8 @@ class Connection(asyncio.BufferedProtocol):
                 peer.last_heard = self.last_read
                 peer.messages_in += count
             elif not self.closed:
+                if protocol.peer_incarnation is not None and not self.hello_checked:
+                    self._check_hello(protocol.peer_node, protocol.peer_incarnation)
                 handshake = protocol.data_to_send()  # our ACCEPT, after the peer's HELLO
                 if handshake:
                     self.write(handshake)
@@ -149,12 +191,19 @@ class Connection(asyncio.BufferedProtocol):
     def _event(self, event: Any) -> bool:
         if type(event) is Established:
             assert self.protocol is not None
+            if not self.hello_checked:  # HELLO and ACCEPT arrived in one read
+                self._check_hello(event.node, event.incarnation)
             handshake = self.protocol.data_to_send()
             if handshake:  # our ACCEPT goes out before anything the node sends on its own
                 self.write(handshake)
             self.cancel_hello_timer()
             return self.owner.connection_established(self, event) or self.closed
         return self.owner.handle_event(self, event) or self.closed
+
+    def _check_hello(self, node: int | None, incarnation: int) -> None:
+        self.hello_checked = True
+        assert node is not None
+        self.owner.check_hello(self, node, incarnation)  # HandshakeError: fail() before ACCEPT
 
     def _control(self, value: Any) -> None:
         self.owner.handle_control(self, value)
@@ -182,21 +231,67 @@ class Connection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ writing
 
     def write(self, frame: bytes) -> None:
-        """Queue one frame (or several, joined) for this loop iteration's write."""
+        """Queue one frame the node made by itself (or several, joined) for this iteration's
+        write. Beyond the headroom the connection is closed instead (module docstring)."""
+        out_bytes = self.out_bytes + len(frame)
+        if out_bytes > self.hard_room and not self._fits(out_bytes, hard=True):
+            self._overflow(len(frame))
+            return
         self.out.append(frame)
+        self.out_bytes = out_bytes
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def write_message(self, incarnation: int, serial: int, payload: bytes) -> None:
-        """Queue one MESSAGE frame: its 21-byte header and ``payload`` (not copied)."""
+    def write_message(self, incarnation: int, serial: int, payload: bytes) -> bool:
+        """Queue one MESSAGE frame: its 21-byte header and ``payload`` (not copied).
+
+        Returns False, queueing nothing, if it would take the outbound buffer past
+        ``outbound_bytes``.
+        """
+        size = _MESSAGE_OVERHEAD + len(payload)
+        out_bytes = self.out_bytes + size
+        if out_bytes > self.room and not self._fits(out_bytes, hard=False):
+            return False
         out = self.out
-        out.append(_pack_message_header(17 + len(payload), _MESSAGE, incarnation, serial))
+        out.append(_pack_message_header(size - 4, _MESSAGE, incarnation, serial))
         out.append(payload)
+        self.out_bytes = out_bytes
         self.unwritten_messages += 1
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
+        return True
+
+    def _fits(self, out_bytes: int, *, hard: bool) -> bool:
+        """Slow path: re-read the transport's buffer (it may have drained since the flush)."""
+        if self.overflowed or self.closed:
+            return False
+        self._update_room()
+        return out_bytes <= (self.hard_room if hard else self.room)
+
+    def _update_room(self) -> None:
+        buffered = self.transport_buffer()
+        self.room = self.outbound_limit - buffered
+        self.hard_room = self.room + self.outbound_limit
+
+    def _overflow(self, size: int) -> None:
+        """A frame the node made by itself does not fit: close (on the next iteration, so no
+        caller sees the peer go down in the middle of its own work)."""
+        if self.overflowed or self.closed:
+            return
+        self.overflowed = True
+        self.room = self.hard_room = -1  # nothing else is queued: the peer sees a prefix
+        queued = self.queued_bytes()
+        self.close_reason = (
+            f"outbound buffer overflow: {queued} bytes wait for the peer and a {size}-byte frame "
+            f"of this node's own did not fit (limit {self.outbound_limit} + as much headroom)"
+        )
+        self.owner.log.warning(
+            "peer.outbound.overflow", peer=self.peer_id_for_log(), remote=self.remote,
+            queued_bytes=queued, outbound_bytes=self.outbound_limit,
+        )
+        self.loop.call_soon(self.abort)
 
     def write_down(self, target: MailboxID) -> None:
         """Queue DOWN(target); a dead protocol drops this connection, never the caller's close."""
@@ -210,17 +305,27 @@ class Connection(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        if self.closed or not self.out:
+        if self.closed or self.overflowed or not self.out:
             return
-        data = b"".join(self.out)
+        size = self.out_bytes
+        out = self.out
         self.out = []
+        self.out_bytes = 0
         self.unwritten_messages = 0
         try:
             assert self.transport is not None
-            self.transport.write(data)
+            if size <= WRITE_CHUNK:
+                self.transport.write(b"".join(out))
+            else:
+                self._write_chunks(out)
         except Exception as exc:  # a failed write closes this connection, never the process
             self.fail(ProtocolError(f"write failed: {exc!r}"))
             return
+        # The transport's buffer grew by at most size: an estimate never below the truth,
+        # corrected by _fits when a frame seems not to fit (no call per flush on the hot path).
+        self.written_total += size
+        self.room -= size
+        self.hard_room -= size
         self.last_write = self.loop.time()
         peer = self.peer
         if peer is not None and not peer.drained.is_set():
@@ -228,10 +333,23 @@ class Connection(asyncio.BufferedProtocol):
             # socket transport), so a waiter must be re-evaluated after every flush.
             peer.update_drained()
 
+    def _write_chunks(self, out: list[bytes]) -> None:
+        """Write ``out`` in writes of about WRITE_CHUNK bytes (see WRITE_CHUNK)."""
+        assert self.transport is not None
+        write = self.transport.write
+        start = size = 0
+        for i, frame in enumerate(out):
+            size += len(frame)
+            if size >= WRITE_CHUNK:
+                write(b"".join(out[start:i + 1]))
+                start, size = i + 1, 0
+        if start < len(out):
+            write(b"".join(out[start:]))
+
     @property
     def unwritten_bytes(self) -> int:
-        """Bytes queued for this loop iteration's write (computed: the hot path counts nothing)."""
-        return sum(map(len, self.out))
+        """Bytes queued for this loop iteration's write."""
+        return self.out_bytes
 
     def transport_buffer(self) -> int:
         transport = self.transport
@@ -239,7 +357,39 @@ class Connection(asyncio.BufferedProtocol):
 
     def queued_bytes(self) -> int:
         """Everything written to this connection and not yet handed to the kernel."""
-        return self.unwritten_bytes + self.transport_buffer()
+        return self.out_bytes + self.transport_buffer()
+
+    def discard_queued(self) -> tuple[int, int]:
+        """Drop what was not written (the peer is down): returns (messages, bytes) abandoned.
+
+        Messages are counted only while unwritten (the transport's buffer holds bytes, not
+        frames); bytes include the transport's buffer, which the close discards.
+        """
+        abandoned = (self.unwritten_messages, self.queued_bytes())
+        self.out = []
+        self.out_bytes = 0
+        self.unwritten_messages = 0
+        return abandoned
+
+    def write_stalled(self, now: float) -> float:
+        """Seconds the peer has read nothing while data waited for it (0.0: not stalled).
+
+        Called periodically (the tick loop): data waits while the transport holds some (the
+        kernel's socket buffer is full); progress is the transport handing bytes on, seen as
+        ``written_total - buffered`` growing. The first check that sees no progress starts the
+        clock, so the answer is at most one check interval short.
+        """
+        buffered = self.transport_buffer()
+        if buffered == 0:
+            self.stalled_since = None
+            self.drained_mark = self.written_total
+            return 0.0
+        drained = self.written_total - buffered
+        if drained > self.drained_mark or self.stalled_since is None:
+            self.drained_mark = max(drained, self.drained_mark)
+            self.stalled_since = now
+            return 0.0
+        return now - self.stalled_since
 
     # ------------------------------------------------------------ closing
 
@@ -250,14 +400,13 @@ class Connection(asyncio.BufferedProtocol):
         reason = str(exc) or type(exc).__name__
         self.close_reason = reason
         protocol = self.protocol
+        fields = {"peer": self.peer_id_for_log(), "remote": self.remote, "reason": reason,
+                  "error": type(exc).__name__}
         if isinstance(exc, HandshakeError) or protocol is None or not protocol.handshake_completed:
-            event = "peer.handshake.rejected"
+            # before HELLO completed: anyone who can open a connection can cause this one
+            self.owner.limited_log.warning("peer.handshake.rejected", **fields)
         else:
-            event = "peer.protocol_error"
-        self.owner.log.warning(
-            event, peer=self.peer_id_for_log(), remote=self.remote, reason=reason,
-            error=type(exc).__name__,
-        )
+            self.owner.log.warning("peer.protocol_error", **fields)
         self.abort()
 
     def abort(self) -> None:
