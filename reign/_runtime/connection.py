@@ -14,10 +14,11 @@ Invariants:
   node's handling closes the connection too, logged as ``peer.internal_error``.
 * ``abort()`` and ``close_gracefully()`` report the end to the owner before they return.
 * The outbound buffer is bounded (the owner's ``outbound_bytes``, a spec field): what waits for
-  the peer is the unwritten frames (``out_bytes``, counted as they are queued) plus the
-  transport's buffer, estimated as "grew by what each flush wrote" and read from the transport
-  only when a frame does not seem to fit, so the estimate is never below the truth and the hot
-  path makes no call for it. A MESSAGE that would take it past
+  the peer is the unwritten frames plus the transport's buffer. One counter, ``room``, is what
+  may still be queued: each frame lowers it, a flush leaves it as it is (the transport's buffer
+  grew by at most what was written), and only when a frame seems not to fit is the transport's
+  buffer read and ``room`` recomputed. So the estimate never exceeds the truth and the send hot
+  path makes one subtraction for it. A MESSAGE that would take it past
   ``outbound_bytes`` is refused (``write_message`` returns False; the caller counts and logs
   the drop). Frames the node makes by itself (DOWN, MONITOR, CONTROL, ticks) are never dropped
   alone, because the peer's view would then be wrong for good: they may use a second
@@ -54,13 +55,17 @@ WRITE_LOW_WATER = 1024 * 1024
 #: Largest single ``transport.write`` of a flush. The TLS transport reports only what it holds
 #: itself, not what it passed on to the socket transport below it (which takes one write whole
 #: before it pushes back), so what one write hands over is invisible to the outbound bound;
-#: writing in chunks keeps that to about one chunk. 1 MiB is ~1,000 small frames per write,
-#: where coalescing already gives its ~10x (FACTS.md).
-WRITE_CHUNK = 1024 * 1024
+#: writing in chunks keeps that to about one chunk. Each chunk beyond the first costs one more
+#: copy (measured: +3.6 KB of memcpy per 4 KiB message with 1 MiB chunks), so the chunk is an
+#: eighth of ``outbound_bytes`` (64 KiB at least, this at most): 4 MiB at the default 32 MiB,
+#: more than the ~4 MB one iteration queues before ``wait_drained``'s high-water mark.
+WRITE_CHUNK = 4 * 1024 * 1024
+MIN_WRITE_CHUNK = 64 * 1024
 
 _pack_message_header = MESSAGE_HEADER.pack
 _MESSAGE = int(FrameType.MESSAGE)
-_MESSAGE_OVERHEAD = MESSAGE_OVERHEAD
+assert MESSAGE_OVERHEAD == 21  # inlined in write_message
+_NO_ROOM = -(1 << 62)  # room of an overflowed or closed connection: nothing fits
 
 
 class ConnectionOwner(Protocol):
@@ -74,7 +79,7 @@ class ConnectionOwner(Protocol):
     inbound: Inbound
     read_view: memoryview
     log: Any
-    limited_log: Any  # a RateLimitedLog (.log): for what unauthenticated sources can cause
+    limited_log: Any  # a log.RateLimitedLog: for what unauthenticated sources can cause
 
     def check_hello(self, conn: Connection, node: int, incarnation: int) -> None:
         """The peer's HELLO is valid; raise HandshakeError to refuse it before our ACCEPT."""
@@ -102,17 +107,18 @@ class Connection(asyncio.BufferedProtocol):
         self.peer: Peer | None = None
         self.view = owner.read_view
         self.out: list[bytes] = []
-        self.out_bytes = 0  # bytes in self.out
         self.unwritten_messages = 0
-        # Outbound bound (module docstring): a MESSAGE fits while out_bytes stays <= room, a
-        # frame the node makes by itself while it stays <= hard_room; both are recomputed from
-        # the transport's buffer at each flush.
+        # Outbound bound (module docstring): a MESSAGE fits while room stays >= 0, a frame the
+        # node makes by itself while room stays >= -outbound_limit. base is room with nothing
+        # unwritten, so the unwritten bytes are base - room.
         self.outbound_limit = owner.outbound_bytes
-        self.room = self.outbound_limit
-        self.hard_room = 2 * self.outbound_limit
+        self.room = self.base = self.outbound_limit
+        self.write_chunk = max(MIN_WRITE_CHUNK, min(WRITE_CHUNK, self.outbound_limit // 8))
         self.overflowed = False
-        self.written_total = 0  # bytes handed to the transport, ever (for stall detection)
-        self.drained_mark = 0  # written_total - transport buffer at the last stall check
+        # Bytes handed to the transport, ever, are credit - base (for stall detection): credit
+        # grows by what each recount gives back, so no flush counts anything.
+        self.credit = self.outbound_limit
+        self.drained_mark = 0  # written - transport buffer at the last stall check
         self.stalled_since: float | None = None
         self.hello_checked = False
         self.preauth: object | None = None  # the admission token while not yet established
@@ -233,12 +239,14 @@ class Connection(asyncio.BufferedProtocol):
     def write(self, frame: bytes) -> None:
         """Queue one frame the node made by itself (or several, joined) for this iteration's
         write. Beyond the headroom the connection is closed instead (module docstring)."""
-        out_bytes = self.out_bytes + len(frame)
-        if out_bytes > self.hard_room and not self._fits(out_bytes, hard=True):
-            self._overflow(len(frame))
-            return
+        room = self.room - len(frame)
+        if room < -self.outbound_limit:
+            room = self._recount_room() - len(frame)
+            if room < -self.outbound_limit:
+                self._overflow(len(frame))
+                return
         self.out.append(frame)
-        self.out_bytes = out_bytes
+        self.room = room
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -249,40 +257,40 @@ class Connection(asyncio.BufferedProtocol):
         Returns False, queueing nothing, if it would take the outbound buffer past
         ``outbound_bytes``.
         """
-        size = _MESSAGE_OVERHEAD + len(payload)
-        out_bytes = self.out_bytes + size
-        if out_bytes > self.room and not self._fits(out_bytes, hard=False):
-            return False
+        size = 21 + len(payload)  # MESSAGE_OVERHEAD, inlined
+        room = self.room - size
+        if room < 0:
+            room = self._recount_room() - size
+            if room < 0:
+                return False
         out = self.out
         out.append(_pack_message_header(size - 4, _MESSAGE, incarnation, serial))
         out.append(payload)
-        self.out_bytes = out_bytes
+        self.room = room
         self.unwritten_messages += 1
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
         return True
 
-    def _fits(self, out_bytes: int, *, hard: bool) -> bool:
-        """Slow path: re-read the transport's buffer (it may have drained since the flush)."""
+    def _recount_room(self) -> int:
+        """Slow path: ``room`` from the transport's buffer as it is now (it may have drained)."""
         if self.overflowed or self.closed:
-            return False
-        self._update_room()
-        return out_bytes <= (self.hard_room if hard else self.room)
-
-    def _update_room(self) -> None:
-        buffered = self.transport_buffer()
-        self.room = self.outbound_limit - buffered
-        self.hard_room = self.room + self.outbound_limit
+            return _NO_ROOM
+        unwritten = self.base - self.room
+        base = self.outbound_limit - self.transport_buffer()
+        self.credit += base - self.base
+        self.base = base
+        self.room = base - unwritten
+        return self.room
 
     def _overflow(self, size: int) -> None:
         """A frame the node made by itself does not fit: close (on the next iteration, so no
         caller sees the peer go down in the middle of its own work)."""
         if self.overflowed or self.closed:
             return
-        self.overflowed = True
-        self.room = self.hard_room = -1  # nothing else is queued: the peer sees a prefix
         queued = self.queued_bytes()
+        self.overflowed = True  # nothing else is queued: the peer sees a prefix
         self.close_reason = (
             f"outbound buffer overflow: {queued} bytes wait for the peer and a {size}-byte frame "
             f"of this node's own did not fit (limit {self.outbound_limit} + as much headroom)"
@@ -305,27 +313,22 @@ class Connection(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        if self.closed or self.overflowed or not self.out:
+        if self.closed or not self.out:
             return
-        size = self.out_bytes
-        out = self.out
+        data = b"".join(self.out)
         self.out = []
-        self.out_bytes = 0
         self.unwritten_messages = 0
+        # The transport's buffer grows by at most len(data): room stays, base follows it.
+        self.base = self.room
         try:
             assert self.transport is not None
-            if size <= WRITE_CHUNK:
-                self.transport.write(b"".join(out))
+            if len(data) <= self.write_chunk:
+                self.transport.write(data)
             else:
-                self._write_chunks(out)
+                self._write_chunks(data)
         except Exception as exc:  # a failed write closes this connection, never the process
             self.fail(ProtocolError(f"write failed: {exc!r}"))
             return
-        # The transport's buffer grew by at most size: an estimate never below the truth,
-        # corrected by _fits when a frame seems not to fit (no call per flush on the hot path).
-        self.written_total += size
-        self.room -= size
-        self.hard_room -= size
         self.last_write = self.loop.time()
         peer = self.peer
         if peer is not None and not peer.drained.is_set():
@@ -333,23 +336,19 @@ class Connection(asyncio.BufferedProtocol):
             # socket transport), so a waiter must be re-evaluated after every flush.
             peer.update_drained()
 
-    def _write_chunks(self, out: list[bytes]) -> None:
-        """Write ``out`` in writes of about WRITE_CHUNK bytes (see WRITE_CHUNK)."""
+    def _write_chunks(self, data: bytes) -> None:
+        """Write ``data`` in writes of ``write_chunk`` bytes (see WRITE_CHUNK)."""
         assert self.transport is not None
         write = self.transport.write
-        start = size = 0
-        for i, frame in enumerate(out):
-            size += len(frame)
-            if size >= WRITE_CHUNK:
-                write(b"".join(out[start:i + 1]))
-                start, size = i + 1, 0
-        if start < len(out):
-            write(b"".join(out[start:]))
+        view = memoryview(data)
+        chunk = self.write_chunk
+        for start in range(0, len(data), chunk):
+            write(view[start:start + chunk])
 
     @property
     def unwritten_bytes(self) -> int:
         """Bytes queued for this loop iteration's write."""
-        return self.out_bytes
+        return self.base - self.room
 
     def transport_buffer(self) -> int:
         transport = self.transport
@@ -357,7 +356,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def queued_bytes(self) -> int:
         """Everything written to this connection and not yet handed to the kernel."""
-        return self.out_bytes + self.transport_buffer()
+        return self.unwritten_bytes + self.transport_buffer()
 
     def discard_queued(self) -> tuple[int, int]:
         """Drop what was not written (the peer is down): returns (messages, bytes) abandoned.
@@ -367,7 +366,7 @@ class Connection(asyncio.BufferedProtocol):
         """
         abandoned = (self.unwritten_messages, self.queued_bytes())
         self.out = []
-        self.out_bytes = 0
+        self.room = self.base
         self.unwritten_messages = 0
         return abandoned
 
@@ -376,15 +375,16 @@ class Connection(asyncio.BufferedProtocol):
 
         Called periodically (the tick loop): data waits while the transport holds some (the
         kernel's socket buffer is full); progress is the transport handing bytes on, seen as
-        ``written_total - buffered`` growing. The first check that sees no progress starts the
-        clock, so the answer is at most one check interval short.
+        ``written - buffered`` growing. The first check that sees no progress starts the clock,
+        so the answer is at most one check interval short.
         """
         buffered = self.transport_buffer()
+        written = self.credit - self.base
         if buffered == 0:
             self.stalled_since = None
-            self.drained_mark = self.written_total
+            self.drained_mark = written
             return 0.0
-        drained = self.written_total - buffered
+        drained = written - buffered
         if drained > self.drained_mark or self.stalled_since is None:
             self.drained_mark = max(drained, self.drained_mark)
             self.stalled_since = now
