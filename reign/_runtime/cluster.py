@@ -25,7 +25,8 @@ connection is :mod:`.connection`. Invariants:
 * Connections not yet authenticated (from accept until the HELLO exchange completed) are
   bounded by the spec's ``handshakes`` in total and ``handshakes_per_ip`` per source address;
   at a bound an older one is evicted (:class:`~.admission.PreAuthAdmission` says which and
-  why). When accepting fails for want of file descriptors (EMFILE/ENFILE) the node evicts up
+  why). When accepting, or creating the socket of a dial, fails for want of file descriptors
+  (EMFILE/ENFILE) the node evicts up
   to :data:`EMFILE_SHED` of them, holds at most what it held minus those until
   :data:`EMFILE_FORGET` seconds pass without another such failure, and pauses accepting
   (:data:`ACCEPT_PAUSE_MIN` doubling to :data:`ACCEPT_PAUSE_MAX`): the freed descriptors
@@ -368,7 +369,12 @@ class Cluster:
 
         infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, addr = infos[0]
-        sock = socket.socket(family, kind, proto)
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:  # this node's own dials come before unauthenticated strangers
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                self._out_of_descriptors()
+            raise
         try:
             sock.setblocking(False)
             if local:

@@ -107,7 +107,7 @@ class Connection(asyncio.BufferedProtocol):
         self.peer: Peer | None = None
         self.view = owner.read_view
         self.out: list[bytes] = []
-        self.unwritten_messages = 0
+        self.own_frames = 0  # entries of self.out that are not MESSAGE (header, payload) pairs
         # Outbound bound (module docstring): a MESSAGE fits while room stays >= 0, a frame the
         # node makes by itself while room stays >= -outbound_limit. base is room with nothing
         # unwritten, so the unwritten bytes are base - room.
@@ -246,6 +246,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._overflow(len(frame))
                 return
         self.out.append(frame)
+        self.own_frames += 1
         self.room = room
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -267,7 +268,6 @@ class Connection(asyncio.BufferedProtocol):
         out.append(_pack_message_header(size - 4, _MESSAGE, incarnation, serial))
         out.append(payload)
         self.room = room
-        self.unwritten_messages += 1
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -317,7 +317,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         data = b"".join(self.out)
         self.out = []
-        self.unwritten_messages = 0
+        self.own_frames = 0
         # The transport's buffer grows by at most len(data): room stays, base follows it.
         self.base = self.room
         try:
@@ -346,6 +346,11 @@ class Connection(asyncio.BufferedProtocol):
             write(view[start:start + chunk])
 
     @property
+    def unwritten_messages(self) -> int:
+        """MESSAGE frames queued for this loop iteration's write (each is two entries)."""
+        return (len(self.out) - self.own_frames) // 2
+
+    @property
     def unwritten_bytes(self) -> int:
         """Bytes queued for this loop iteration's write."""
         return self.base - self.room
@@ -366,8 +371,8 @@ class Connection(asyncio.BufferedProtocol):
         """
         abandoned = (self.unwritten_messages, self.queued_bytes())
         self.out = []
+        self.own_frames = 0
         self.room = self.base
-        self.unwritten_messages = 0
         return abandoned
 
     def write_stalled(self, now: float) -> float:
