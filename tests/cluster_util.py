@@ -82,10 +82,15 @@ class ChildNode:
                 stream.close()
 
 
-async def raw_peer(spec_path: Path, as_node: int, to: Any, incarnation: int = 7) -> tuple[Any, Any, Any]:
+async def raw_peer(spec_path: Path, as_node: int, to: Any, incarnation: int = 7,
+                   rcvbuf: int | None = None) -> tuple[Any, Any, Any]:
     """A hand-driven authenticated peer: real TLS with ``as_node``'s certificate to node ``to``
     (a started reign.Node), HELLO and ACCEPT done. Returns ``(reader, writer, protocol)`` where
-    ``protocol`` is the peer's own ``reign._core.protocol.PeerProtocol`` for crafting frames."""
+    ``protocol`` is the peer's own ``reign._core.protocol.PeerProtocol`` for crafting frames.
+    ``rcvbuf`` sets the socket's SO_RCVBUF (bytes) before connecting: a small one makes a peer
+    that stops reading push back on the node at once, instead of after the kernel's ~32 MiB."""
+    import socket
+
     from reign import ClusterSpec
     from reign._config.certs import cluster_identity
     from reign._config.tls import client_context
@@ -93,7 +98,15 @@ async def raw_peer(spec_path: Path, as_node: int, to: Any, incarnation: int = 7)
 
     cert, key, ca = ClusterSpec.load(spec_path).load_credentials(as_node)
     host, port = listen_address(to)
-    reader, writer = await asyncio.open_connection(host, port, ssl=client_context(cert, key, ca))
+    ctx = client_context(cert, key, ca)
+    if rcvbuf is None:
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname=host)
     protocol = PeerProtocol(local_node=as_node, local_incarnation=incarnation,
                             cluster_id=cluster_identity(ca), expected_peer=to.id)
     writer.write(protocol.data_to_send())

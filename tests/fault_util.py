@@ -43,7 +43,8 @@ class Child:
 
     async def start(self, timeout: float = 30.0) -> Event:
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        argv = [sys.executable, str(FAULT_NODE), str(self.fleet.spec), str(self.node_id)]
+        argv = [*self.fleet.wrap.get(self.node_id, ()), sys.executable, str(FAULT_NODE),
+                str(self.fleet.spec), str(self.node_id)]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         with open(self.stderr_path, "wb") as stderr:
@@ -178,10 +179,12 @@ class Child:
 class Fleet:
     """Every child of one test, and the merged history of their events."""
 
-    def __init__(self, folder: Path, spec: Path, netns: dict[int, str] | None = None) -> None:
+    def __init__(self, folder: Path, spec: Path, netns: dict[int, str] | None = None,
+                 wrap: dict[int, list[str]] | None = None) -> None:
         self.folder = folder
         self.spec = spec
         self.netns = netns or {}
+        self.wrap = wrap or {}  # node id -> argv prefix (e.g. one that sets an rlimit) for its children
         self.children: list[Child] = []
         self.current: dict[int, Child] = {}
         self.history: list[Event] = []

@@ -19,6 +19,9 @@ parser. Invariants of every :class:`ClusterSpec` object, however it was built:
   ``max_message_bytes``  16 MiB      an integer, 1024 to 256 MiB
   ``pending_messages``   10000       an integer >= 0 (0: nothing is buffered)
   ``pending_bytes``      16 MiB      an integer >= 0
+  ``outbound_bytes``     32 MiB      an integer >= ``max_message_bytes`` + 21 (one frame)
+  ``handshakes``         256         an integer >= 1 (connections not yet authenticated)
+  ``handshakes_per_ip``  64          an integer >= 1 (of those, from one source address)
   =====================  ==========  ===================================================
 
   The registry's bounds on what one peer may make this node hold (what each means, and what
@@ -59,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._core.frames import MESSAGE_OVERHEAD as _MESSAGE_OVERHEAD
 from .._core.ids import MAX_NODE_ID
 from .._core.registry_wire import (
     DEFAULT_FRAME_CLAIMS,
@@ -71,8 +75,11 @@ from . import certs as _certs
 from . import keyfiles as _keyfiles
 
 __all__ = [
+    "DEFAULT_HANDSHAKES",
+    "DEFAULT_HANDSHAKES_PER_IP",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_NET_TICKTIME",
+    "DEFAULT_OUTBOUND_BYTES",
     "DEFAULT_PENDING_BYTES",
     "DEFAULT_PENDING_MESSAGES",
     "MAX_MAX_MESSAGE_BYTES",
@@ -119,6 +126,19 @@ _REGISTRY_TUNING = (
     "registry_snapshot_timeout",
     "registry_notice_interval",
 )
+#: Bytes that may wait for a connected peer (unwritten frames plus the transport's buffer)
+#: before ``send`` is refused: twice the pending buffer, so a peer that comes back finds its
+#: whole pending buffer flushed with room to spare, and two maximum-size messages fit. The
+#: node's own frames (DOWN, registry replies) get as much again as headroom (connection.py).
+DEFAULT_OUTBOUND_BYTES = 32 * _MIB
+#: Connections not yet authenticated (accept to HELLO) held at once. A real handshake takes
+#: milliseconds, and a stalled one ~55 KiB (issue 13): 256 cost at most ~14 MiB and a quarter of
+#: the common 1024-descriptor limit, and as many as a 256-node mesh's lower ids dialling at once.
+DEFAULT_HANDSHAKES = 256
+#: Of those, held at once from one source address: a quarter, so at least four sources share
+#: the bound before a flood from one address crowds the others (all nodes of a one-host
+#: cluster share 127.0.0.1; their dials are retried when cut off, see admission.py).
+DEFAULT_HANDSHAKES_PER_IP = 64
 
 _NODE_FIELDS = frozenset({"id", "address", "listen_address", "local_address"})
 _CREDENTIALS = (
@@ -130,6 +150,7 @@ _CREDENTIALS = (
 _TOP_FIELDS = frozenset(
     {"nodes", "net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes"}
     | set(_REGISTRY_TUNING)
+    | {"outbound_bytes", "handshakes", "handshakes_per_ip"}
     | {name for triple in _CREDENTIALS for name in triple[:2]}
 )
 _PERCENT_RE = re.compile(r"%(.?)", re.DOTALL)
@@ -348,6 +369,9 @@ class ClusterSpec:
     registry_peer_claims: int = DEFAULT_PEER_CLAIMS
     registry_snapshot_timeout: float = DEFAULT_SNAPSHOT_TIMEOUT
     registry_notice_interval: float = DEFAULT_NOTICE_INTERVAL
+    outbound_bytes: int = DEFAULT_OUTBOUND_BYTES
+    handshakes: int = DEFAULT_HANDSHAKES
+    handshakes_per_ip: int = DEFAULT_HANDSHAKES_PER_IP
     base_dir: Path | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -400,6 +424,13 @@ class ClusterSpec:
             ("registry_notice_interval", 0.0, MAX_REGISTRY_NOTICE_INTERVAL),
         ):
             object.__setattr__(self, name, _check_number(name, getattr(self, name), low, high))
+        _check_int("outbound_bytes", self.outbound_bytes, 0)
+        if self.outbound_bytes < self.max_message_bytes + _MESSAGE_OVERHEAD:
+            raise _fail("outbound_bytes", f"must be at least max_message_bytes + {_MESSAGE_OVERHEAD} "
+                        f"= {self.max_message_bytes + _MESSAGE_OVERHEAD} (the largest message "
+                        f"frame), got {self.outbound_bytes}")
+        _check_int("handshakes", self.handshakes, 1)
+        _check_int("handshakes_per_ip", self.handshakes_per_ip, 1)
         if self.base_dir is not None:
             object.__setattr__(self, "base_dir", Path(self.base_dir))
 
@@ -433,7 +464,7 @@ class ClusterSpec:
             if data.get(pem_field) is not None:
                 kwargs[pem_field] = _check_str(pem_field, data[pem_field])
         for name in ("net_ticktime", "max_message_bytes", "pending_messages", "pending_bytes",
-                     *_REGISTRY_TUNING):
+                     *_REGISTRY_TUNING, "outbound_bytes", "handshakes", "handshakes_per_ip"):
             if name in data:
                 kwargs[name] = data[name]  # range-checked by __post_init__, named the same
         return cls(nodes=nodes, base_dir=None if base_dir is None else Path(base_dir), **kwargs)
@@ -480,6 +511,9 @@ class ClusterSpec:
                 "pending_messages",
                 "pending_bytes",
                 *_REGISTRY_TUNING,
+                "outbound_bytes",
+                "handshakes",
+                "handshakes_per_ip",
             ):
                 value = getattr(self, spec_field.name)
                 if value != spec_field.default:

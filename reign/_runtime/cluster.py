@@ -22,11 +22,33 @@ connection is :mod:`.connection`. Invariants:
 * Keepalive: ticks every quarter of ``net_ticktime`` on a quiet connection; a peer silent for
   ``net_ticktime`` (monotonic clock) is declared down.
 * Nothing a peer sends can raise out of this module (see :mod:`.connection`).
+* Connections not yet authenticated (from accept until the HELLO exchange completed) are
+  bounded by the spec's ``handshakes`` in total and ``handshakes_per_ip`` per source address;
+  at a bound an older one is evicted (:class:`~.admission.PreAuthAdmission` says which and
+  why). When accepting, or creating the socket of a dial, fails for want of file descriptors
+  (EMFILE/ENFILE) the node evicts up
+  to :data:`EMFILE_SHED` of them, holds at most what it held minus those until
+  :data:`EMFILE_FORGET` seconds pass without another such failure, and pauses accepting
+  (:data:`ACCEPT_PAUSE_MIN` doubling to :data:`ACCEPT_PAUSE_MAX`): the freed descriptors
+  serve established connections and this node's own dials, and known peers waiting in the
+  listen backlog get in once the flood's sockets are evicted.
+* A peer that reads nothing for ``net_ticktime`` while data waits for it (the transport's
+  buffer does not drain) is declared down (``peer.outbound.stalled``); what was queued for it
+  is released and counted as abandoned.
+* The same node id running twice is detected when an incarnation that was replaced comes back
+  (:class:`~.admission.IncarnationGuard`): logged once as the error ``peer.duplicate_node``
+  (the id, both incarnations and both remote addresses), then the older process keeps the id
+  and the other is refused at HELLO, with at most one change per hold-down period (5 s
+  doubling to 60 s).
+* Events that unauthenticated sources cause (``node.tls.rejected``, ``node.accept.failed``,
+  ``node.handshake.evicted``, ``peer.handshake.rejected``) are rate-limited with a count
+  (:class:`~.log.RateLimitedLog`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import socket
 import ssl
@@ -43,8 +65,9 @@ from .._core.inbound import Inbound
 from .._core.messages import NOCONNECTION, NOPROC
 from .._core.protocol import Demonitor, Down, Established, ExitSignal, Link, Monitor, Tick, Unlink
 from .._errors import EncodeError, HandshakeError, ProtocolError
+from .admission import IncarnationGuard, PreAuthAdmission
 from .connection import WRITE_HIGH_WATER, Connection
-from .log import get_logger
+from .log import RateLimitedLog, get_logger
 from .loop import LoopBinding
 from .peer import Peer, PeerLimits, PeerStatistics
 
@@ -77,6 +100,29 @@ READ_BUFFER_BYTES = 256 * 1024
 DIAL_CONCURRENCY = 8
 #: Listen backlog: a 256-node mesh may dial one node at once.
 LISTEN_BACKLOG = 512
+#: Unauthenticated connections evicted when accept fails with EMFILE/ENFILE: enough
+#: descriptors for a burst of reconnecting peers and this node's own dials (DIAL_CONCURRENCY).
+EMFILE_SHED = 4 * DIAL_CONCURRENCY
+#: Fewest unauthenticated connections allowed after EMFILE: a few, so peers still get in.
+EMFILE_FLOOR = 8
+#: Seconds without EMFILE after which the spec's ``handshakes`` bound applies again.
+EMFILE_FORGET = 30.0
+#: Pause of the accept loop after a failed accept, doubling while accepts keep failing. 50 ms
+#: lets a cancelled handshake close its socket; one second keeps the listen backlog moving.
+ACCEPT_PAUSE_MIN = 0.05
+ACCEPT_PAUSE_MAX = 1.0
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+class _Handshake:
+    """An accepted connection not yet authenticated: its admission token."""
+
+    __slots__ = ("task", "conn", "remote")
+
+    def __init__(self, remote: str) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.conn: Connection | None = None
+        self.remote = remote
 
 
 class ClusterHost(Protocol):
@@ -127,11 +173,18 @@ class Cluster:
         self.net_ticktime = spec.net_ticktime
         self.max_message_bytes = spec.max_message_bytes
         self.max_frame_bytes = spec.max_message_bytes + MESSAGE_OVERHEAD
+        self.outbound_bytes = spec.outbound_bytes
         self.log = get_logger("reign.cluster").bind(node=node_id)
-        limits = PeerLimits(spec.pending_messages, spec.pending_bytes, WRITE_HIGH_WATER)
+        self.limited_log = RateLimitedLog(self.log)
+        self.handshakes: PreAuthAdmission[_Handshake] = PreAuthAdmission(
+            spec.handshakes, spec.handshakes_per_ip
+        )
+        self.emfile_at: float | None = None
+        limits = PeerLimits(spec.pending_messages, spec.pending_bytes, WRITE_HIGH_WATER, spec.outbound_bytes)
         self.peers: dict[int, Peer] = {
             peer_spec.id: Peer(peer_spec, limits, self.log) for peer_spec in spec.nodes if peer_spec.id != node_id
         }
+        self.incarnations = {peer_id: IncarnationGuard() for peer_id in self.peers}
         self.read_view = memoryview(bytearray(READ_BUFFER_BYTES))
         self.inbound = Inbound(
             incarnation=self.incarnation, lookup=host.mailbox_by_serial, make_address=host.address_for,
@@ -184,6 +237,7 @@ class Cluster:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.listener_socket is not None:
             self.listener_socket.close()
+        self.limited_log.close()
         await asyncio.sleep(0)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -197,24 +251,68 @@ class Cluster:
     async def _accept_loop(self) -> None:
         listener = self.listener_socket
         assert listener is not None and self.loop is not None
+        pause = ACCEPT_PAUSE_MIN
         while True:
             try:
                 sock, peername = await self.loop.sock_accept(listener)
-            except OSError as exc:  # e.g. EMFILE: keep serving, but do not spin
-                self.log.warning("node.accept.failed", reason=str(exc))
-                await asyncio.sleep(RECONNECT_MIN)
+            except OSError as exc:  # keep serving, but do not spin
+                shed = self._out_of_descriptors() if exc.errno in _OUT_OF_DESCRIPTORS else 0
+                self.limited_log.warning("node.accept.failed", reason=str(exc), evicted=shed,
+                                         handshakes=len(self.handshakes), pause=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, ACCEPT_PAUSE_MAX)
                 continue
-            remote = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-            self._spawn(self._upgrade_inbound(sock, remote))
+            pause = ACCEPT_PAUSE_MIN
+            if isinstance(peername, tuple):
+                source, remote = str(peername[0]), f"{peername[0]}:{peername[1]}"
+            else:
+                source = remote = str(peername)
+            token = _Handshake(remote)
+            for old in self.handshakes.admit(source, token):
+                self._evict(old, f"over the bound of {self.handshakes.per_source} per source address "
+                                 f"or {self.handshakes.limit} in all")
+            task = self.loop.create_task(self._upgrade_inbound(sock, remote, token))
+            token.task = task
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
-    async def _upgrade_inbound(self, sock: socket.socket, remote: str) -> None:
+    def _out_of_descriptors(self) -> int:
+        """Accept failed with EMFILE/ENFILE: free descriptors held by unauthenticated
+        connections and hold fewer of them for a while. Returns how many were evicted."""
+        held = len(self.handshakes)
+        evicted = self.handshakes.shed(EMFILE_SHED)
+        for token in evicted:
+            self._evict(token, "out of file descriptors")
+        self.handshakes.limit = max(EMFILE_FLOOR, min(self.handshakes.limit, held - len(evicted)))
+        assert self.loop is not None
+        self.emfile_at = self.loop.time()
+        return len(evicted)
+
+    def _evict(self, token: _Handshake, why: str) -> None:
+        """Close an unauthenticated connection the admission bound pushed out."""
+        conn = token.conn
+        if conn is not None and conn.transport is not None:  # TLS done, HELLO pending
+            conn.fail(HandshakeError(f"evicted before HELLO: {why}"))
+            return
+        self.limited_log.warning("node.handshake.evicted", remote=token.remote, reason=why)
+        if token.task is not None:
+            token.task.cancel()  # _upgrade_inbound closes the socket
+
+    def _release(self, conn: Connection) -> None:
+        token = conn.preauth
+        if token is not None:
+            conn.preauth = None
+            assert isinstance(token, _Handshake)
+            self.handshakes.release(token)
+
+    async def _upgrade_inbound(self, sock: socket.socket, remote: str, token: _Handshake) -> None:
         """TLS-handshake an accepted socket; failures are logged with the peer and reason."""
         assert self.loop is not None
-        conn_holder: list[Connection] = []
 
         def factory() -> Connection:
             conn = Connection(self, None, remote)
-            conn_holder.append(conn)
+            conn.preauth = token
+            token.conn = conn
             return conn
 
         try:
@@ -223,13 +321,16 @@ class Cluster:
             )
         except asyncio.CancelledError:
             sock.close()
+            self.handshakes.release(token)
             raise
         except Exception as exc:
             sock.close()
-            for conn in conn_holder:
-                conn.cancel_hello_timer()
-            self.log.warning("node.tls.rejected", remote=remote, reason=_tls_reason(exc))
-        # On success connection_made has run; the rest happens in the protocol callbacks.
+            self.handshakes.release(token)
+            if token.conn is not None:
+                token.conn.cancel_hello_timer()
+            self.limited_log.warning("node.tls.rejected", remote=remote, reason=_tls_reason(exc))
+        # On success connection_made has run; the rest happens in the protocol callbacks
+        # (the token is released when the HELLO exchange completes or the connection closes).
 
     async def _dial_loop(self, peer: Peer) -> None:
         assert self.dial_slots is not None
@@ -271,7 +372,12 @@ class Cluster:
 
         infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, addr = infos[0]
-        sock = socket.socket(family, kind, proto)
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:  # this node's own dials come before unauthenticated strangers
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                self._out_of_descriptors()
+            raise
         try:
             sock.setblocking(False)
             if local:
@@ -306,8 +412,33 @@ class Cluster:
                 f"node {proven} dialled node {self.node_id}; the lower node id dials the higher"
             )
 
+    def check_hello(self, conn: Connection, node: int, incarnation: int) -> None:
+        """Before our ACCEPT: refuse a second process with the id of an up peer (module doc)."""
+        peer = self.peers[node]
+        up = peer.conn
+        assert self.loop is not None
+        up_incarnation = peer.incarnation if up is not None else None
+        admit, detected = self.incarnations[node].check(incarnation, up_incarnation, self.loop.time())
+        if detected:
+            assert up is not None
+            kept, other = (up_incarnation, incarnation) if not admit else (incarnation, up_incarnation)
+            self.log.error(
+                "peer.duplicate_node", peer=node,
+                up_incarnation=up_incarnation, up_remote=up.remote,
+                other_incarnation=incarnation, other_remote=conn.remote, kept_incarnation=kept,
+                reason=f"node id {node} runs in two processes (incarnations {kept} and {other}); "
+                       f"the older keeps the id, the other is refused",
+            )
+        if not admit:
+            assert up is not None
+            raise HandshakeError(
+                f"node {node} incarnation {incarnation} refused: node id {node} also runs as "
+                f"incarnation {up_incarnation} (from {up.remote}), which holds the id"
+            )
+
     def connection_established(self, conn: Connection, event: Established) -> bool:
         """The handshake on ``conn`` completed; True if the connection was closed instead."""
+        self._release(conn)
         peer = self.peers[event.node]
         if self.stopping:
             conn.close_gracefully()
@@ -322,6 +453,7 @@ class Cluster:
         conn.peer = peer
         peer.conn = conn
         peer.incarnation = new_incarnation
+        self.incarnations[peer.id].came_up(new_incarnation, conn.remote)
         peer.state = "up"
         peer.is_up.set()
         peer.connects += 1
@@ -354,15 +486,14 @@ class Cluster:
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self._release(conn)
         peer = conn.peer
         if peer is not None and peer.conn is conn and not self.stopping:
             self._peer_down(peer, conn.close_reason or "connection closed", conn)
 
     def _peer_down(self, peer: Peer, reason: str, conn: Connection) -> None:
-        abandoned_frames = conn.unwritten_messages
-        abandoned_bytes = conn.queued_bytes()
-        conn.out = []
-        conn.unwritten_messages = 0
+        abandoned_frames, abandoned_bytes = conn.discard_queued()
+        peer.count_abandoned(abandoned_frames, abandoned_bytes)
         peer.conn = None
         peer.state = "down"
         peer.is_up.clear()
@@ -624,8 +755,28 @@ class Cluster:
                         f"no data for {now - conn.last_read:.1f} s (net_ticktime {self.net_ticktime:g} s)"
                     ))
                     continue
+                stalled = conn.write_stalled(now)
+                if stalled >= self.net_ticktime:
+                    self._stalled(conn, stalled)
+                    continue
                 if now - conn.last_write >= interval * 0.9 and not conn.out:
                     conn.write(protocol.tick())
+            for peer in self.peers.values():
+                peer.report_refused()
+            if self.emfile_at is not None and now - self.emfile_at > EMFILE_FORGET:
+                self.emfile_at = None
+                self.handshakes.limit = self.handshakes.total
+
+    def _stalled(self, conn: Connection, seconds: float) -> None:
+        """The peer read nothing for ``seconds`` while data waited: declare it down."""
+        queued = conn.queued_bytes()
+        conn.close_reason = (
+            f"peer read nothing for {seconds:.1f} s while {queued} bytes waited for it "
+            f"(net_ticktime {self.net_ticktime:g} s)"
+        )
+        self.log.warning("peer.outbound.stalled", peer=conn.peer_id_for_log(), remote=conn.remote,
+                         seconds=round(seconds, 1), queued_bytes=queued)
+        conn.abort()
 
 
 def _tls_reason(exc: BaseException) -> str:

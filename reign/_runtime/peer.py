@@ -11,6 +11,13 @@ Invariants:
 * ``monitors`` (:class:`~reign._core.monitors.PeerMonitors`) holds the watches in both
   directions; ``watch`` is the token that stands in a local mailbox's watcher set for "the peer
   wants DOWN(id)".
+* While the peer is up, messages go to its connection, whose outbound buffer is bounded by
+  the spec's ``outbound_bytes`` (:mod:`.connection`): a message that does not fit is refused
+  (``send`` returns False), counted in ``dropped`` and logged as ``peer.outbound.full`` once
+  per burst, then ``peer.outbound.dropped`` with the count (:meth:`Peer.report_refused`,
+  called by the tick loop), never once per message.
+* ``abandoned_messages`` / ``abandoned_bytes`` count what was queued for the peer and thrown
+  away because its connection went down (lost, replaced, stalled or overflowed).
 * ``drained`` is set while the bytes waiting for the peer are below the high-water mark.
 """
 
@@ -40,7 +47,11 @@ class PeerStatistics:
     ``state`` is ``"connecting"`` (never up yet), ``"up"`` or ``"down"``. ``queued_messages``
     and ``queued_bytes`` count what waits for the peer: the pending buffer while it is not up,
     plus unwritten frames and the transport's buffer while it is. ``last_heard`` is seconds
-    since anything arrived from the peer (None if never).
+    since anything arrived from the peer (None if never). ``dropped_messages`` counts sends
+    refused because the pending buffer or the outbound buffer was full, and buffered messages
+    found stale when the peer came back. ``abandoned_messages`` (unwritten frames; bytes
+    already in the transport are not countable as messages) and ``abandoned_bytes`` (all of
+    it) count what was queued when a connection to the peer went down and was thrown away.
     """
 
     node: int
@@ -53,6 +64,8 @@ class PeerStatistics:
     dropped_messages: int
     connects: int
     last_heard: float | None
+    abandoned_messages: int = 0
+    abandoned_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,7 @@ class PeerLimits:
     pending_messages: int
     pending_bytes: int
     write_high_water: int
+    outbound_bytes: int
 
 
 class _PeerWatch:
@@ -96,6 +110,9 @@ class Peer:
         self.pending_bytes = 0
         self.dropped = 0
         self.dropped_unlogged = 0
+        self.refused_unlogged = 0  # outbound-full drops not yet reported
+        self.abandoned_messages = 0
+        self.abandoned_bytes = 0
         self.monitors: PeerMonitors[Mailbox] = PeerMonitors()
         self.watch = _PeerWatch(self)
         self.messages_in = 0
@@ -118,9 +135,11 @@ class Peer:
         if conn is not None:
             if incarnation != self.incarnation:
                 return False
-            conn.write_message(incarnation, serial, payload)
-            self.messages_out += 1
-            return True
+            if conn.write_message(incarnation, serial, payload):
+                self.messages_out += 1
+                return True
+            self._refused()
+            return False
         known = self.incarnation
         if known is not None and incarnation < known:
             return False
@@ -143,14 +162,35 @@ class Peer:
             self.drained.clear()
         return True
 
+    def _refused(self) -> None:
+        """A message did not fit the outbound buffer: counted, logged once per burst."""
+        self.dropped += 1
+        if self.refused_unlogged == 0:
+            conn = self.conn
+            self.log.warning(
+                "peer.outbound.full", peer=self.id,
+                queued_bytes=conn.queued_bytes() if conn is not None else 0,
+                outbound_bytes=self.limits.outbound_bytes,
+            )
+        self.refused_unlogged += 1
+
+    def count_abandoned(self, messages: int, size: int) -> None:
+        self.abandoned_messages += messages
+        self.abandoned_bytes += size
+
     def flush_pending(self) -> None:
         """The peer just came up: deliver what was buffered for its incarnation, in order."""
-        assert self.conn is not None
+        conn = self.conn
+        assert conn is not None
         stale = 0
         while self.pending:
             incarnation, serial, payload = self.pending.popleft()
-            if not self.send_message(incarnation, serial, payload):
+            if incarnation != self.incarnation:
                 stale += 1
+            elif conn.write_message(incarnation, serial, payload):
+                self.messages_out += 1
+            else:
+                self._refused()
         self.pending_bytes = 0
         if stale:
             self.dropped += stale
@@ -164,6 +204,15 @@ class Peer:
                 "peer.pending.dropped", peer=self.id, dropped=self.dropped_unlogged, total=self.dropped
             )
             self.dropped_unlogged = 0
+        self.report_refused()
+
+    def report_refused(self) -> None:
+        """Log how many sends the outbound buffer refused since the last report (if any)."""
+        if self.refused_unlogged:
+            self.log.warning(
+                "peer.outbound.dropped", peer=self.id, dropped=self.refused_unlogged, total=self.dropped
+            )
+            self.refused_unlogged = 0
 
     def queued_bytes(self) -> int:
         conn = self.conn
@@ -202,4 +251,6 @@ class Peer:
             dropped_messages=self.dropped,
             connects=self.connects,
             last_heard=None if self.last_heard is None else now - self.last_heard,
+            abandoned_messages=self.abandoned_messages,
+            abandoned_bytes=self.abandoned_bytes,
         )
