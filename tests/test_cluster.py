@@ -485,3 +485,32 @@ async def test_watch_made_before_the_first_connection_waits_for_it(spec3: Path) 
     finally:
         await n1.stop()
         await n2.stop()
+
+
+async def test_a_node_never_reached_in_its_first_net_ticktime_counts_as_down(tmp_path: Path) -> None:
+    """Watches and links waiting for a first connection end with noconnection once the peer
+    has not come up for net_ticktime (Erlang: a node that cannot be reached); it still joins
+    when it comes, and messages buffered for it are delivered then."""
+    spec = make_cluster(tmp_path, [1, 2], net_ticktime=1)
+    n1 = reign.create_from_spec_file(spec, 1)
+    await n1.start()
+    try:
+        watcher, wbox = n1.new_mailbox()
+        absent = n1.address("<2.7.1>")
+        absent.on_close_notify(watcher)
+        linked_addr, linked = n1.new_mailbox()
+        linked.trap_exits = True
+        linked.link(absent)
+        assert n1.statistics().peers[2].state == "connecting"
+        assert await wbox.receive(timeout=10) == reign.MailboxClosed(absent.id, "noconnection")
+        assert await linked.receive(timeout=10) == reign.Exit(absent.id, "noconnection")
+        assert n1.statistics().peers[2].state == "down"
+        absent.on_close_notify(watcher)  # now at once
+        assert wbox.receive_nowait() == reign.MailboxClosed(absent.id, "noconnection")
+        async with reign.create_from_spec_file(spec, 2) as n2:
+            await n1.wait_connected(2, timeout=20)
+            target, tbox = n2.new_mailbox()
+            n1.address(str(target)).send("it came after all")
+            assert await tbox.receive(timeout=10) == "it came after all"
+    finally:
+        await n1.stop()

@@ -192,6 +192,7 @@ class Cluster:
         )
         self.dial_slots: asyncio.Semaphore | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = 0.0
         self.listener_socket: socket.socket | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: set[Connection] = set()
@@ -206,6 +207,7 @@ class Cluster:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.started_at = self.loop.time()
         self.dial_slots = asyncio.Semaphore(DIAL_CONCURRENCY)
         host, port = self.me.listen_address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -763,9 +765,27 @@ class Cluster:
                     conn.write(protocol.tick())
             for peer in self.peers.values():
                 peer.report_refused()
+                if peer.state == "connecting" and now - self.started_at > self.net_ticktime:
+                    self._never_reached(peer)
             if self.emfile_at is not None and now - self.emfile_at > EMFILE_FORGET:
                 self.emfile_at = None
                 self.handshakes.limit = self.handshakes.total
+
+    def _never_reached(self, peer: Peer) -> None:
+        """``peer`` has not come up for ``net_ticktime`` since this node started: it counts as
+        down (Erlang: a node that cannot be reached is ``noconnection``). The watches and links
+        that waited for its first connection end with ``"noconnection"``; later ones end at once;
+        messages stay buffered (bounded) for when it comes, and the dialler keeps trying."""
+        peer.state = "down"
+        self.log.warning("peer.unreachable", peer=peer.id, waited=self.net_ticktime)
+        watches, _, links = peer.monitors.peer_lost()
+        for target, watchers in watches.items():
+            for watcher in watchers:
+                watcher.notify_down(target, NOCONNECTION)
+        for serial, remote in links:
+            mbox = self.host.mailbox_by_serial(serial)
+            if mbox is not None:
+                mbox.exit_signal(remote, NOCONNECTION, True)
 
     def _stalled(self, conn: Connection, seconds: float) -> None:
         """The peer read nothing for ``seconds`` while data waited: declare it down."""

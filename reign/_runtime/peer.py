@@ -2,7 +2,8 @@
 
 Invariants:
 
-* ``state`` is ``"connecting"`` until the first connection is up, then ``"up"`` or ``"down"``;
+* ``state`` is ``"connecting"`` until the first connection is up (or ``net_ticktime`` passed
+  without one: then ``"down"``), then ``"up"`` or ``"down"``;
   ``conn`` is the live connection exactly while ``state == "up"``.
 * While the peer is not up, messages for it are buffered in ``pending`` (bounded by the spec's
   ``pending_messages`` and ``pending_bytes``) and flushed in order when it comes up with the
@@ -44,7 +45,9 @@ __all__ = ["Peer", "PeerLimits", "PeerStatistics"]
 class PeerStatistics:
     """A snapshot of one peer connection (``node.statistics().peers[node_id]``).
 
-    ``state`` is ``"connecting"`` (never up yet), ``"up"`` or ``"down"``. ``queued_messages``
+    ``state`` is ``"connecting"`` (never up yet, and this node started less than
+    ``net_ticktime`` ago), ``"up"``, or ``"down"`` (lost, or never reached in its first
+    ``net_ticktime``). ``queued_messages``
     and ``queued_bytes`` count what waits for the peer: the pending buffer while it is not up,
     plus unwritten frames and the transport's buffer while it is. ``last_heard`` is seconds
     since anything arrived from the peer (None if never). ``dropped_messages`` counts sends
