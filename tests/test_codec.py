@@ -1343,3 +1343,13 @@ def test_batch_decoder_matches_decode_and_checks_every_boundary() -> None:
         assert values == ["ok"] and isinstance(failure, DecodeError), bad
         values, failure = batch.decode_all([good, good])  # a fresh decoder took over
         assert values == ["ok", "ok"] and failure is None
+
+
+def test_the_inlined_container_branches_write_what_put_writes() -> None:
+    """The encoder's container loop inlines _put's str, int and Address branches for speed;
+    each item must come out exactly as _put writes it alone."""
+    address = make_address(MailboxID(3, (1 << 64) - 1, 12345))
+    for item in ("x", "é" * 30, 7, 300, -5, 1 << 40, address):
+        alone = encode(item)
+        assert encode([item]) == b"\x81" + alone
+        assert encode((item, item))[3:] == b"\x82" + alone + alone  # tag 51200, then the array

@@ -328,7 +328,7 @@ class Mailbox:
             return q.popleft()
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
-        loop = self._binding.bind()
+        loop = self._binding.loop or self._binding.bind()
         future = loop.create_future()
         waiters = self._waiters
         if waiters is None:
@@ -398,7 +398,7 @@ class Mailbox:
                 raise MailboxClosedError(f"mailbox {self.id} was closed")
         if timeout is not None and timeout <= 0:
             raise TimeoutError()
-        loop = self._binding.bind()
+        loop = self._binding.loop or self._binding.bind()
         waiter = _MatchWaiter(loop.create_future(), pred)
         future = waiter.future
         assert future is not None

@@ -105,6 +105,9 @@ class Node:
         self._binding = LoopBinding()
         self._serials = itertools.count(1)
         self._mailboxes: dict[int, Mailbox] = {}
+        #: ``mailbox_by_serial(serial)``: the open mailbox of this incarnation with ``serial``, or
+        #: None (the receive path: the table's own ``get``, one C call per message).
+        self.mailbox_by_serial: Callable[[int], Mailbox | None] = self._mailboxes.get
         self._local_names: dict[str, Mailbox] = {}
         self._name_of: dict[Mailbox, str] = {}
         if check_messages is None:
@@ -223,9 +226,6 @@ class Node:
             return self._mailboxes.get(mailbox_id.serial)
         return None
 
-    def mailbox_by_serial(self, serial: int) -> Mailbox | None:
-        """The open mailbox of this incarnation with ``serial``, or None (the receive path)."""
-        return self._mailboxes.get(serial)
 
     def is_local(self, mailbox_id: MailboxID) -> bool:
         """Whether ``mailbox_id`` names a mailbox of this node and incarnation (open or not)."""

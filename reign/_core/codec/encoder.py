@@ -259,6 +259,12 @@ def _put_container(obj: Any, t: type, out: list[bytes], depth: int, budget: list
                 append(data)
             elif tv is int:
                 append(_SMALL_UINTS[value] if 0 <= value < 256 else _int_bytes(value))
+            elif tv is Address:  # _put's Address branch, inline (reply-to addresses in tuples)
+                mid = value.id
+                append(_pack_id(_ADDRESS_PREFIX, mid.node, 0x1B, mid.incarnation, 0x1B, mid.serial))
+                budget[0] -= 4
+                if budget[0] < 0:
+                    raise EncodeError(f"message has more than {MAX_ITEMS} items")
             else:
                 _put(value, out, depth, budget)
     except _TooDeep as exc:
