@@ -501,7 +501,9 @@ class Cluster:
         peer.is_up.clear()
         peer.drained.set()
         peer.update_drained()
-        (self.log.info if self.stopping else self.log.warning)(
+        # info when this node stops or the peer closed on purpose (a node stopping); warning
+        # for a loss: reset, silence, protocol error, stall
+        (self.log.info if self.stopping or conn.closed_by_peer else self.log.warning)(
             "peer.down", peer=peer.id, reason=reason,
             abandoned_messages=abandoned_frames, abandoned_bytes=abandoned_bytes,
         )

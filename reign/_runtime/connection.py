@@ -158,6 +158,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_write = self.loop.time()
         self.last_read = self.loop.time()
         self.closed = False
+        self.closed_by_peer = False  # the peer closed the connection cleanly (TLS close_notify)
         self.close_reason: str | None = None
         self.established: asyncio.Future[None] = self.loop.create_future()
         self.hello_timer: asyncio.TimerHandle | None = None  # started by connection_made
@@ -247,7 +248,10 @@ class Connection(asyncio.BufferedProtocol):
         self.owner.handle_control(self, value)
 
     def eof_received(self) -> bool:
+        # Under TLS this is the peer's close_notify: it closed on purpose (a cut-off or killed
+        # peer ends in connection_lost with an error instead).
         self.close_reason = self.close_reason or "peer closed the connection"
+        self.closed_by_peer = True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
