@@ -650,3 +650,23 @@ async def test_the_same_node_id_twice_does_not_flap_the_cluster(tmp_path: Path) 
     finally:
         await fleet_b.close()
         await fleet.close()
+
+
+async def test_named_sends_obey_the_outbound_bound_like_any_send(tmp_path: Path) -> None:
+    """node.send_named to a peer that never reads is refused past outbound_bytes (False, counted)
+    instead of eating the headroom kept for the node's own frames and dropping the connection."""
+    spec_path = make_cluster(tmp_path, [1, 2], outbound_bytes=4 * 1024 * 1024, max_message_bytes=1024 * 1024,
+                             net_ticktime=60)
+    async with reign.create_from_spec_file(spec_path, 2) as n2:
+        reader, writer, _ = await raw_peer(spec_path, 1, n2, rcvbuf=4096)  # reads nothing from here
+        try:
+            payload = b"x" * 1024
+            results = [n2.send_named("svc", payload, node=1) for _ in range(20_000)]
+            assert results[0] is True and results[-1] is False
+            accepted = results.count(True)
+            assert accepted < 20_000
+            stats = n2.statistics().peers[1]
+            assert stats.state == "up"  # refused, not overflowed: the connection stays
+            assert stats.dropped_messages == 20_000 - accepted
+        finally:
+            writer.close()

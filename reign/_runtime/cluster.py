@@ -701,12 +701,21 @@ class Cluster:
             )
         if peer.conn is None:
             return False  # not up: Erlang would connect first; here the message is not sent
+        if self.binding.on_loop_thread():
+            return self._send_named(peer, name, payload)
         return self.binding.call(self._send_named, peer, name, payload)
 
-    def _send_named(self, peer: Peer, name: str, payload: bytes) -> None:
+    def _send_named(self, peer: Peer, name: str, payload: bytes) -> bool:
+        """On the loop: queue the NAMED frame within ``outbound_bytes`` (refused beyond it,
+        counted and logged as any send is)."""
         conn = peer.conn
-        if conn is not None and conn.protocol is not None:
-            conn.write(conn.protocol.named(name, payload))
+        if conn is None or conn.protocol is None:
+            return False
+        if conn.write_application(conn.protocol.named(name, payload)):
+            peer.messages_out += 1
+            return True
+        peer.refused()
+        return False
 
     def demonitor(self, target: MailboxID, watcher: Mailbox) -> None:
         peer = self.peers.get(target.node)

@@ -309,6 +309,21 @@ class Connection(asyncio.BufferedProtocol):
             self.loop.call_soon(self.flush)
         return True
 
+    def write_application(self, frame: bytes) -> bool:
+        """Queue one frame an application send made (a NAMED message) under the same bound as
+        :meth:`write_message`: False, queueing nothing, if it does not fit."""
+        room = self.room - len(frame)
+        if room < 0:
+            room = self._recount_room() - len(frame)
+            if room < 0:
+                return False
+        self.out.append(frame)
+        self.room = room
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        return True
+
     def _recount_room(self) -> int:
         """Slow path: ``room`` from the transport's buffer as it is now (it may have drained)."""
         if self.overflowed or self.closed:

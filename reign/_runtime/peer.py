@@ -141,7 +141,7 @@ class Peer:
             if conn.write_message(incarnation, serial, payload):
                 self.messages_out += 1
                 return True
-            self._refused()
+            self.refused()
             return False
         known = self.incarnation
         if known is not None and incarnation < known:
@@ -165,7 +165,7 @@ class Peer:
             self.drained.clear()
         return True
 
-    def _refused(self) -> None:
+    def refused(self) -> None:
         """A message did not fit the outbound buffer: counted, logged once per burst."""
         self.dropped += 1
         if self.refused_unlogged == 0:
@@ -193,7 +193,7 @@ class Peer:
             elif conn.write_message(incarnation, serial, payload):
                 self.messages_out += 1
             else:
-                self._refused()
+                self.refused()
         self.pending_bytes = 0
         if stale:
             self.dropped += stale
