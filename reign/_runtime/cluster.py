@@ -462,14 +462,7 @@ class Cluster:
         peer.last_heard = conn.last_read
         peer.flush_pending()
         # watches and links made before first contact, or of an older incarnation
-        stale_watches, stale_links = peer.monitors.keep_incarnation(new_incarnation)
-        for target, watchers in stale_watches.items():
-            for watcher in watchers:
-                watcher.notify_down(target, NOPROC)
-        for serial, remote in stale_links:
-            mbox = self.host.mailbox_by_serial(serial)
-            if mbox is not None:
-                mbox.exit_signal(remote, NOPROC, True)
+        self._end(*peer.monitors.keep_incarnation(new_incarnation), NOPROC)
         protocol = conn.protocol
         assert protocol is not None
         for target in peer.monitors.watches:
@@ -508,17 +501,11 @@ class Cluster:
             abandoned_messages=abandoned_frames, abandoned_bytes=abandoned_bytes,
         )
         watches, watched, links = peer.monitors.peer_lost()
-        for target, watchers in watches.items():
-            for watcher in watchers:
-                watcher.notify_down(target, NOCONNECTION)
         for serial in watched:
             mbox = self.host.mailbox_by_serial(serial)
             if mbox is not None:
                 mbox.remove_watcher(peer.watch)
-        for serial, remote in links:  # both directions' local ends (Erlang: noconnection)
-            mbox = self.host.mailbox_by_serial(serial)
-            if mbox is not None:
-                mbox.exit_signal(remote, NOCONNECTION, True)
+        self._end(watches, links, NOCONNECTION)  # both link directions' local ends
         for listener in list(self.listeners):
             listener.peer_down(peer.id)
         self.host.connection_status(peer.id, False)
@@ -790,13 +777,19 @@ class Cluster:
         peer.state = "down"
         self.log.warning("peer.unreachable", peer=peer.id, waited=self.net_ticktime)
         watches, _, links = peer.monitors.peer_lost()
+        self._end(watches, links, NOCONNECTION)
+
+    def _end(self, watches: dict[MailboxID, set[Mailbox]], links: set[tuple[int, MailboxID]], reason: str) -> None:
+        """Watches and links on a peer's mailboxes ended (the peer was lost, or came back as
+        another run): each watcher learns ``reason``, each linked local mailbox gets it as an
+        exit signal from the remote end."""
         for target, watchers in watches.items():
             for watcher in watchers:
-                watcher.notify_down(target, NOCONNECTION)
+                watcher.notify_down(target, reason)
         for serial, remote in links:
             mbox = self.host.mailbox_by_serial(serial)
             if mbox is not None:
-                mbox.exit_signal(remote, NOCONNECTION, True)
+                mbox.exit_signal(remote, reason, True)
 
     def _stalled(self, conn: Connection, seconds: float) -> None:
         """The peer read nothing for ``seconds`` while data waited: declare it down."""
