@@ -152,9 +152,6 @@ class StopsInInit(reign.GenServer):
         return request
 
 
-@pytest.mark.xfail(strict=True, reason="self.stop() in init is only acted on after the first message: start "
-                   "returns and the server answers a call before it stops (OTP: init's {stop, Reason} makes "
-                   "start fail with Reason and the server never serves); how start should report it is a design call")
 async def test_self_stop_in_init_makes_start_fail_and_the_server_never_serves(node: reign.Node) -> None:
     log: list[Any] = []
     with pytest.raises(reign.ServerExited) as exited:

@@ -261,7 +261,9 @@ class GenServer:
         ``global_name`` globally, both before ``init``. With ``link`` it is linked to that
         address before anything runs, and that address is its *parent* (a supervisor).
         Re-raises what ``init`` raised; raises :class:`~reign.ServerExited` if the server was
-        ended before ``init`` finished. Must be awaited on the node's loop.
+        ended before ``init`` finished, or with the reason ``init`` gave ``self.stop`` (OTP's
+        ``{stop, Reason}``: the server serves nothing and ``terminate`` does not run). Must be
+        awaited on the node's loop.
         """
         loop = node.binding.require_loop_thread(f"{cls.__qualname__}.start()")
         started: asyncio.Future[None] = loop.create_future()
@@ -314,6 +316,11 @@ class GenServer:
             if not started.done():
                 started.set_exception(exc)
             mbox.terminate(Crash.from_exception(exc), cancel_task=False)
+            return
+        stop = self._reign_stop
+        if stop is not None:  # self.stop() in init: OTP's {stop, Reason} (start fails, terminate does not run)
+            started.set_exception(ServerExited(stop[0], mbox.address))
+            mbox.terminate(stop[0], cancel_task=False)
             return
         started.set_result(None)
         started = args = kwargs = None  # type: ignore[assignment]  # nothing of the start stays alive
