@@ -10,7 +10,7 @@ is in ``test_links_process.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,19 +32,6 @@ class Reason:
 
 
 Pair = tuple[reign.Node, reign.Node]
-
-
-@pytest.fixture
-def spec(tmp_path: Path) -> Path:
-    return make_cluster(tmp_path, [1, 2, 3])
-
-
-@pytest.fixture
-async def pair(spec: Path) -> AsyncIterator[Pair]:
-    """Nodes 1 and 2, connected (node 3 of the spec never starts)."""
-    async with reign.create_from_spec_file(spec, 1) as n1, reign.create_from_spec_file(spec, 2) as n2:
-        await wait_connected([n1, n2])
-        yield n1, n2
 
 
 @pytest.fixture(params=["local", "remote"])

@@ -18,7 +18,7 @@ import pytest
 import reign
 from reign import MailboxClosed, RegistrationError
 
-from cluster_util import drain, make_cluster, wait_connected, wait_for
+from cluster_util import drain, wait_for
 from proc_util import HANG, Observer, on, roundtrip
 
 Pair = tuple[reign.Node, reign.Node]
@@ -32,18 +32,6 @@ class Service(enum.StrEnum):
 async def node() -> AsyncIterator[reign.Node]:
     async with reign.no_clustering() as n:
         yield n
-
-
-@pytest.fixture
-def spec(tmp_path: Path) -> Path:
-    return make_cluster(tmp_path, [1, 2, 3])
-
-
-@pytest.fixture
-async def pair(spec: Path) -> AsyncIterator[Pair]:
-    async with reign.create_from_spec_file(spec, 1) as n1, reign.create_from_spec_file(spec, 2) as n2:
-        await wait_connected([n1, n2])
-        yield n1, n2
 
 
 # ------------------------------------------------------------------------ register / whereis

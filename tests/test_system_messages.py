@@ -8,7 +8,6 @@ node keeps serving everyone else. Inside another value a notice is just a regist
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import reign
 from reign import Exit, MailboxClosed, MailboxID, MultipleClaim
 from reign._core import codec
 
-from cluster_util import drain, make_cluster, raw_peer, wait_connected, wait_for
+from cluster_util import drain, raw_peer, wait_connected, wait_for
 from proc_util import HANG, on, roundtrip
 
 Pair = tuple[reign.Node, reign.Node]
@@ -31,18 +30,6 @@ NOTICES = {
     "Exit without sender": Exit(None, "kill"),
     "MultipleClaim": MultipleClaim("svc"),
 }
-
-
-@pytest.fixture
-def spec(tmp_path: Path) -> Path:
-    return make_cluster(tmp_path, [1, 2, 3])
-
-
-@pytest.fixture
-async def pair(spec: Path) -> AsyncIterator[Pair]:
-    async with reign.create_from_spec_file(spec, 1) as n1, reign.create_from_spec_file(spec, 2) as n2:
-        await wait_connected([n1, n2])
-        yield n1, n2
 
 
 @pytest.mark.parametrize("check_messages", [False, True])
